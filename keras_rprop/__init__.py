@@ -1,0 +1,26 @@
+"""Rprop (resilient backpropagation) optimizers for Keras 3.
+
+Importing the package registers its classes for Keras serialization under
+the package name `keras_rprop`, so `keras.models.load_model` can restore a
+model compiled with one of them.
+"""
+
+from keras_rprop.optimizers import IRpropMinus
+from keras_rprop.optimizers import IRpropPlus
+from keras_rprop.optimizers import Rprop
+from keras_rprop.optimizers import RpropMinus
+from keras_rprop.optimizers import RpropPlus
+from keras_rprop.rule import VARIANTS
+from keras_rprop.rule import rprop_update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IRpropMinus",
+    "IRpropPlus",
+    "Rprop",
+    "RpropMinus",
+    "RpropPlus",
+    "VARIANTS",
+    "rprop_update",
+]

@@ -1,0 +1,33 @@
+"""The few places where the optimizer must know which backend runs it."""
+
+import keras
+
+# Step sizes below float32 precision would stall Rprop (1.2 x step rounds
+# back to step in bfloat16 for a wide range of values), so 16-bit weights
+# keep float32 step sizes.
+_WIDE_ENOUGH = ("float32", "float64")
+
+
+def step_dtype(variable_dtype):
+    """The dtype of the step sizes of a variable of `variable_dtype`."""
+    dtype = keras.backend.standardize_dtype(variable_dtype)
+    return dtype if dtype in _WIDE_ENOUGH else "float32"
+
+
+def is_float_dtype(dtype):
+    return "float" in keras.backend.standardize_dtype(dtype)
+
+
+def densify(gradient):
+    """Turns a TensorFlow `IndexedSlices` gradient into a dense tensor.
+
+    Rprop reads every weight's gradient sign, including the zeros of the rows
+    an embedding lookup did not touch (they reset the stored sign), so a
+    sparse gradient is applied through its exact dense equivalent.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            return tf.convert_to_tensor(gradient)
+    return gradient

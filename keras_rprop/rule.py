@@ -1,0 +1,103 @@
+"""The Rprop update rule for one tensor, as a pure function.
+
+Every code path of the optimizer (the per-variable Keras path and the
+vectorized multi-tensor paths) calls `rprop_update`, so the four variants
+cannot drift apart between backends. The function only uses `keras.ops`,
+which accept native tensors of the active backend.
+"""
+
+from keras import ops
+
+RPROP_PLUS = "rprop+"
+RPROP_MINUS = "rprop-"
+IRPROP_PLUS = "irprop+"
+IRPROP_MINUS = "irprop-"
+
+VARIANTS = (RPROP_PLUS, RPROP_MINUS, IRPROP_PLUS, IRPROP_MINUS)
+
+# Variants that revert the previous move of a weight whose gradient changed
+# sign. They are the ones for which the previous learning rate matters.
+BACKTRACKING_VARIANTS = (RPROP_PLUS, IRPROP_PLUS)
+
+
+def rprop_update(
+    gradient,
+    previous_sign,
+    step,
+    *,
+    variant,
+    eta_minus,
+    eta_plus,
+    min_step,
+    max_step,
+    learning_rate=1.0,
+    previous_learning_rate=1.0,
+    loss_increased=None,
+):
+    """Computes one Rprop update for one tensor.
+
+    The stored "previous gradient" of the papers is only ever used through
+    its sign, so it is kept as a sign (-1, 0 or +1). The previous move is
+    `-previous_sign * step * previous_learning_rate`: it is derived, not
+    stored, which keeps the state at two tensors per weight for every
+    variant.
+
+    Args:
+        gradient: The current (full-batch) gradient.
+        previous_sign: Sign of the gradient stored at the previous step, as a
+            floating tensor with values in {-1, 0, +1}. Zero at the first step
+            and right after a sign change in the variants that freeze.
+        step: The step sizes used for the previous move (Delta in the papers).
+        variant: One of `VARIANTS`.
+        eta_minus: Factor applied to the step size on a sign change.
+        eta_plus: Factor applied to the step size while the sign holds.
+        min_step: Lower bound of the step sizes.
+        max_step: Upper bound of the step sizes.
+        learning_rate: Scalar multiplying the applied move; 1.0 is the papers'
+            rule.
+        previous_learning_rate: The learning rate of the previous step, so
+            that backtracking reverts exactly the move that was made.
+        loss_increased: For `"irprop+"` only: a boolean scalar, whether the
+            loss rose since the previous step, `E(t) > E(t-1)`.
+
+    Returns:
+        A tuple `(move, new_sign, new_step)`: the increment to add to the
+        weights, the sign to store for the next step and the new step sizes.
+    """
+    sign = ops.sign(gradient)
+    product = sign * previous_sign
+    same_sign = product > 0
+    sign_change = product < 0
+
+    new_step = ops.where(
+        same_sign,
+        ops.minimum(step * eta_plus, max_step),
+        ops.where(sign_change, ops.maximum(step * eta_minus, min_step), step),
+    )
+    move = -sign * new_step * learning_rate
+
+    if variant == RPROP_MINUS:
+        return move, sign, new_step
+
+    new_sign = ops.where(sign_change, ops.zeros_like(sign), sign)
+    if variant == IRPROP_MINUS:
+        revert = ops.zeros_like(move)
+    elif variant == RPROP_PLUS:
+        revert = previous_sign * step * previous_learning_rate
+    elif variant == IRPROP_PLUS:
+        if loss_increased is None:
+            raise ValueError(
+                "The 'irprop+' variant needs `loss_increased`. Received: None."
+            )
+        revert = ops.where(
+            loss_increased,
+            previous_sign * step * previous_learning_rate,
+            ops.zeros_like(move),
+        )
+    else:
+        raise ValueError(
+            f"Argument `variant` must be one of {VARIANTS}. "
+            f"Received: variant={variant!r}"
+        )
+    move = ops.where(sign_change, revert, move)
+    return move, new_sign, new_step

@@ -1,0 +1,68 @@
+"""Checks of the optimizer's hyper-parameters, with errors that say what is wrong."""
+
+import math
+import numbers
+
+from keras_rprop.rule import VARIANTS
+
+
+def check_variant(variant):
+    if not isinstance(variant, str) or variant.lower() not in VARIANTS:
+        raise ValueError(
+            f"Argument `variant` must be one of {VARIANTS}. "
+            f"Received: variant={variant!r}"
+        )
+    return variant.lower()
+
+
+def check_real(name, value):
+    """Returns `value` as a Python float, or raises if it is not a finite real."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Argument `{name}` must be a real number. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"Argument `{name}` must be finite. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_hyperparameters(initial_step, eta_minus, eta_plus, min_step, max_step):
+    """Validates the Rprop hyper-parameters and returns them as floats."""
+    initial_step = check_real("initial_step", initial_step)
+    eta_minus = check_real("eta_minus", eta_minus)
+    eta_plus = check_real("eta_plus", eta_plus)
+    min_step = check_real("min_step", min_step)
+    max_step = check_real("max_step", max_step)
+    if not 0.0 < eta_minus < 1.0:
+        raise ValueError(
+            "Argument `eta_minus` must be in the open interval (0, 1). "
+            f"Received: eta_minus={eta_minus}"
+        )
+    if not eta_plus > 1.0:
+        raise ValueError(
+            f"Argument `eta_plus` must be > 1. Received: eta_plus={eta_plus}"
+        )
+    if min_step < 0.0:
+        raise ValueError(
+            f"Argument `min_step` must be >= 0. Received: min_step={min_step}"
+        )
+    if not max_step > 0.0:
+        raise ValueError(
+            f"Argument `max_step` must be > 0. Received: max_step={max_step}"
+        )
+    if min_step > max_step:
+        raise ValueError(
+            "Argument `min_step` must be <= `max_step`. "
+            f"Received: min_step={min_step}, max_step={max_step}"
+        )
+    if not min_step <= initial_step <= max_step or initial_step <= 0.0:
+        raise ValueError(
+            "Argument `initial_step` must be > 0 and within "
+            f"[min_step, max_step] = [{min_step}, {max_step}]. "
+            f"Received: initial_step={initial_step}"
+        )
+    return initial_step, eta_minus, eta_plus, min_step, max_step
