@@ -31,3 +31,31 @@ def densify(gradient):
         if isinstance(gradient, tf.IndexedSlices):
             return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def num_replicas_in_sync():
+    """The number of replicas sharing one step under `tf.distribute`, else 1.
+
+    Keras divides each replica's loss by this number, so the replicas' losses
+    add up to the global loss. JAX distribution computes one global loss.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None:
+            return context.num_replicas_in_sync
+    return 1
+
+
+def propagate_nan(move, gradient):
+    """Makes a NaN gradient give a NaN move on every backend.
+
+    `keras.ops.sign` returns NaN for NaN on TensorFlow and JAX but 0 on
+    PyTorch, which would silently treat a NaN gradient as a zero gradient.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.where(torch.isnan(gradient), gradient, move)
+    return move

@@ -216,6 +216,15 @@ class Rprop(keras.optimizers.Optimizer):
         self._steps = []
         self._signs = []
         for variable in var_list:
+            if not backend_compat.is_float_dtype(variable.dtype):
+                # A move of a fraction of a step would be truncated away
+                # (or be meaningless for booleans) without any error.
+                raise ValueError(
+                    "Rprop can only train floating-point variables. "
+                    "Received: variable "
+                    f"{getattr(variable, 'path', variable.name)!r} with dtype "
+                    f"{variable.dtype}"
+                )
             if self._overwrite_variable_with_gradient(variable):
                 self._steps.append(None)
                 self._signs.append(None)
@@ -257,6 +266,7 @@ class Rprop(keras.optimizers.Optimizer):
                 Required by the `"irprop+"` variant; the other variants accept
                 and ignore it.
         """
+        self._check_gradient_shapes(grads, trainable_variables)
         if loss is None:
             loss = getattr(self, "_stateless_loss", None)
         loss = self._check_loss(loss)
@@ -290,6 +300,33 @@ class Rprop(keras.optimizers.Optimizer):
             )
         finally:
             self._stateless_loss = None
+
+    def _check_gradient_shapes(self, grads, trainable_variables):
+        # Without this check a gradient of shape (1,) would silently
+        # broadcast over a variable of shape (3,).
+        if trainable_variables is None:
+            trainable_variables = getattr(self, "_trainable_variables", None)
+            if trainable_variables is None:
+                return
+        grads = list(grads)
+        trainable_variables = list(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            return  # Keras raises its own error for a count mismatch.
+        for grad, variable in zip(grads, trainable_variables):
+            if grad is None:
+                continue
+            grad_shape = tuple(grad.shape)
+            variable_shape = tuple(variable.shape)
+            if len(grad_shape) != len(variable_shape) or any(
+                g is not None and v is not None and g != v
+                for g, v in zip(grad_shape, variable_shape)
+            ):
+                name = getattr(variable, "path", getattr(variable, "name", ""))
+                raise ValueError(
+                    "Each gradient must have the shape of its variable. "
+                    f"Received: gradient of shape {grad_shape} for variable "
+                    f"{name!r} of shape {variable_shape}"
+                )
 
     def _check_loss(self, loss):
         if loss is None:
@@ -325,10 +362,18 @@ class Rprop(keras.optimizers.Optimizer):
         return ops.cast(ops.stop_gradient(tensor), "float32")
 
     def _record_loss(self, loss):
+        # A NaN loss counts as +inf: for iRprop+ it is a rise after a finite
+        # loss (revert), and a finite loss after it is not (keep the move).
+        loss = ops.where(ops.isnan(loss), math.inf, loss)
         if self.gradient_accumulation_steps:
             steps = self.gradient_accumulation_steps
             is_update_step = (self._iterations + 1) % steps == 0
-            total = self._accumulated_loss + loss
+            # Under tf.distribute each replica holds a share of the loss and
+            # the "sum" aggregation adds up the replicas' assignments, so the
+            # running total, which every replica reads, enters split evenly
+            # between them: the assigned sum is total + the global loss.
+            replicas = backend_compat.num_replicas_in_sync()
+            total = self._accumulated_loss / replicas + loss
             loss = total / steps
             self._accumulated_loss.assign(
                 ops.where(is_update_step, ops.zeros_like(total), total)
@@ -359,6 +404,7 @@ class Rprop(keras.optimizers.Optimizer):
             ops.convert_to_tensor(step_variable),
             **self._rule_arguments(learning_rate, dtype),
         )
+        move = backend_compat.propagate_nan(move, gradient)
         self.assign(step_variable, new_step)
         self.assign(sign_variable, ops.cast(new_sign, SIGN_DTYPE))
         self.assign_add(variable, ops.cast(move, variable.dtype))
@@ -383,6 +429,18 @@ class Rprop(keras.optimizers.Optimizer):
             ),
             loss_increased=loss_increased,
         )
+
+    def load_own_variables(self, store):
+        """Loads the state, then clips the step sizes to this optimizer's bounds.
+
+        A checkpoint written with other `min_step` / `max_step` can hold step
+        sizes outside `[min_step, max_step]`; the update rule only clips a
+        step size when it grows or shrinks, so they are clipped here.
+        """
+        super().load_own_variables(store)
+        for step in getattr(self, "_steps", ()):
+            if step is not None:
+                step.assign(ops.clip(step, self.min_step, self.max_step))
 
     def get_config(self):
         config = super().get_config()
