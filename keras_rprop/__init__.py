@@ -12,6 +12,7 @@ from keras_rprop.optimizers import RpropMinus
 from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import rprop_update
+from keras_rprop.training import enable_loss
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,6 @@ __all__ = [
     "RpropMinus",
     "RpropPlus",
     "VARIANTS",
+    "enable_loss",
     "rprop_update",
 ]
