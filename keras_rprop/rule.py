@@ -69,10 +69,16 @@ def rprop_update(
     same_sign = product > 0
     sign_change = product < 0
 
+    # Not `ops.minimum`/`ops.maximum`: on the PyTorch backend they compute
+    # float64 inputs in float32, which would round float64 step sizes.
+    max_step = ops.convert_to_tensor(max_step, dtype=step.dtype)
+    min_step = ops.convert_to_tensor(min_step, dtype=step.dtype)
+    grown = step * eta_plus
+    grown = ops.where(grown > max_step, max_step, grown)
+    shrunk = step * eta_minus
+    shrunk = ops.where(shrunk < min_step, min_step, shrunk)
     new_step = ops.where(
-        same_sign,
-        ops.minimum(step * eta_plus, max_step),
-        ops.where(sign_change, ops.maximum(step * eta_minus, min_step), step),
+        same_sign, grown, ops.where(sign_change, shrunk, step)
     )
     move = -sign * new_step * learning_rate
 

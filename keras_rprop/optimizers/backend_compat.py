@@ -14,6 +14,20 @@ def step_dtype(variable_dtype):
     return dtype if dtype in _WIDE_ENOUGH else "float32"
 
 
+def constant_initializer(value):
+    """An initializer filling a tensor with the Python float `value`.
+
+    `keras.initializers.Constant` casts the value with `ops.cast`, which on
+    TensorFlow goes through float32 (0.1 becomes 0.10000000149 in a float64
+    tensor). `ops.full` builds the value in the requested dtype directly.
+    """
+
+    def initializer(shape, dtype=None):
+        return keras.ops.full(shape, value, dtype=dtype)
+
+    return initializer
+
+
 def is_float_dtype(dtype):
     return "float" in keras.backend.standardize_dtype(dtype)
 

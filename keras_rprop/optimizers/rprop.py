@@ -234,7 +234,7 @@ class Rprop(keras.optimizers.Optimizer):
                     variable,
                     "step",
                     backend_compat.step_dtype(variable.dtype),
-                    keras.initializers.Constant(self.initial_step),
+                    backend_compat.constant_initializer(self.initial_step),
                 )
             )
             self._signs.append(
@@ -383,13 +383,33 @@ class Rprop(keras.optimizers.Optimizer):
     # -- The update --------------------------------------------------------
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        if self._use_multi_tensor_path(trainable_variables):
+            from keras_rprop.optimizers import multi_tensor
+
+            multi_tensor.update(self, grads, trainable_variables, learning_rate)
+        else:
+            super()._backend_update_step(
+                grads, trainable_variables, learning_rate
+            )
         # After every variable was updated: the next step compares against
         # this step's loss and reverts moves made with this learning rate.
         self._previous_loss.assign(self._current_loss)
         self._previous_learning_rate.assign(
             ops.cast(learning_rate, "float32")
         )
+
+    def _use_multi_tensor_path(self, trainable_variables):
+        # Only on PyTorch: there every operation is a separate eager call,
+        # while TensorFlow (`tf.function`) and JAX (`jit`) compile the
+        # per-variable loop into one program. Inside a `StatelessScope` the
+        # variables must not be written in place.
+        if keras.backend.backend() != "torch":
+            return False
+        if keras.src.backend.common.stateless_scope.in_stateless_scope():
+            return False
+        from keras_rprop.optimizers import multi_tensor
+
+        return multi_tensor.is_supported(self, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""

@@ -1,0 +1,325 @@
+"""Hand-computed single steps and the worked example of the issue.
+
+Every expected number here was computed by hand from the pseudo-code; the
+same numbers are checked against the NumPy reference, the pure rule and the
+optimizer on the active backend.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_rprop
+from reference import VARIANTS
+from reference import ReferenceRprop
+
+# One weight, initial step 0.1, eta- = 0.5, eta+ = 1.2.
+EXAMPLE_GRADIENTS = [1.0, 1.0, 1.0, -1.0, 1.0]
+EXAMPLE_LOSSES = [4.0, 3.0, 2.0, 2.5, 1.0]
+EXAMPLE_MOVES = {
+    "rprop+": [-0.1, -0.12, -0.144, 0.144, -0.072],
+    "rprop-": [-0.1, -0.12, -0.144, 0.072, -0.036],
+    "irprop+": [-0.1, -0.12, -0.144, 0.144, -0.072],
+    "irprop-": [-0.1, -0.12, -0.144, 0.0, -0.072],
+}
+# iRprop+ when the loss did not rise at the sign change: no move; the next
+# step starts from the shrunk step 0.072.
+EXAMPLE_LOSSES_FALLING = [4.0, 3.0, 2.0, 1.5, 1.0]
+EXAMPLE_MOVES_IRPROP_PLUS_FALLING = [-0.1, -0.12, -0.144, 0.0, -0.072]
+
+# A six-weight tensor through three steps. min_step 0.05 and max_step 0.13
+# are hit; the learning rate is 0.5 for steps 1-2 and 0.25 for step 3, so the
+# backtrack at step 3 must revert a move made at learning rate 0.5.
+#   w0: sign holds, the step grows into max_step (0.144 -> 0.13).
+#   w1: sign holds, then flips at step 3 (backtracks a 0.5-rate move).
+#   w2: zero gradient first (no move, sign forgotten), then sign holds.
+#   w3, w4: flip at step 2 (step shrinks to min_step exactly); at step 3
+#       Rprop- flips again and the step stays clamped at min_step.
+#   w5: zero gradient at step 2 (no move), then moves with the kept step.
+TENSOR_HYPERPARAMETERS = dict(
+    initial_step=0.1, eta_minus=0.5, eta_plus=1.2, min_step=0.05, max_step=0.13
+)
+TENSOR_START = [1.0, -2.0, 0.5, 3.0, -1.0, 0.25]
+TENSOR_GRADIENTS = [
+    [2.0, -3.0, 0.0, 1.0, -1.0, 0.5],
+    [1.0, -1.0, 4.0, -2.0, 1.0, 0.0],
+    [1.0, 1.0, 1.0, 1.0, -1.0, -1.0],
+]
+TENSOR_LEARNING_RATES = [0.5, 0.5, 0.25]
+STEP_1 = [-0.05, 0.05, 0.0, -0.05, 0.05, -0.05]
+STEP_3_COMMON = {0: -0.0325, 2: -0.03, 3: -0.0125, 4: 0.0125, 5: 0.025}
+
+
+def _step3(w1_move):
+    moves = [STEP_3_COMMON.get(i, w1_move) for i in range(6)]
+    return moves
+
+
+# (variant, losses, expected moves of the three steps)
+TENSOR_CASES = {
+    "rprop+": (
+        None,
+        [STEP_1, [-0.06, 0.06, -0.05, 0.05, -0.05, 0.0], _step3(-0.06)],
+    ),
+    "rprop-": (
+        None,
+        [STEP_1, [-0.06, 0.06, -0.05, 0.025, -0.025, 0.0], _step3(-0.015)],
+    ),
+    "irprop-": (
+        None,
+        [STEP_1, [-0.06, 0.06, -0.05, 0.0, 0.0, 0.0], _step3(0.0)],
+    ),
+    # Loss rises at step 2 (backtrack), falls at step 3 (no move).
+    "irprop+ rise-fall": (
+        [5.0, 6.0, 4.0],
+        [STEP_1, [-0.06, 0.06, -0.05, 0.05, -0.05, 0.0], _step3(0.0)],
+    ),
+    # Loss equal at step 2 (strict test: no move), rises at step 3.
+    "irprop+ equal-rise": (
+        [5.0, 5.0, 7.0],
+        [STEP_1, [-0.06, 0.06, -0.05, 0.0, 0.0, 0.0], _step3(-0.06)],
+    ),
+}
+TENSOR_FINAL_STEPS = [0.13, 0.06, 0.12, 0.05, 0.05, 0.1]
+TENSOR_FINAL_SIGNS = {
+    "rprop+": [1, 0, 1, 1, -1, -1],
+    "rprop-": [1, 1, 1, 1, -1, -1],
+    "irprop-": [1, 0, 1, 1, -1, -1],
+    "irprop+ rise-fall": [1, 0, 1, 1, -1, -1],
+    "irprop+ equal-rise": [1, 0, 1, 1, -1, -1],
+}
+
+
+def _optimizer_moves(variant, start, gradients, losses, learning_rates, **kw):
+    """Runs the optimizer on one variable and returns its moves and itself."""
+    variable = keras.Variable(np.asarray(start, "float32"))
+    optimizer = keras_rprop.Rprop(variant=variant, **kw)
+    moves = []
+    before = ops.convert_to_numpy(variable).astype(np.float64)
+    for i, gradient in enumerate(gradients):
+        optimizer.learning_rate = learning_rates[i]
+        optimizer.apply(
+            [ops.convert_to_tensor(np.asarray(gradient, "float32"))],
+            [variable],
+            loss=None if losses is None else losses[i],
+        )
+        after = ops.convert_to_numpy(variable).astype(np.float64)
+        moves.append(after - before)
+        before = after
+    return moves, optimizer
+
+
+def _reference_moves(variant, start, gradients, losses, learning_rates, **kw):
+    start = np.asarray(start, np.float64)
+    rprop = ReferenceRprop(variant, [start.shape], **kw)
+    params = [start]
+    moves = []
+    for i, gradient in enumerate(gradients):
+        new = rprop.step(
+            params,
+            [np.asarray(gradient, np.float64)],
+            loss=None if losses is None else losses[i],
+            learning_rate=learning_rates[i],
+        )
+        moves.append(new[0] - params[0])
+        params = new
+    return moves
+
+
+def _slot(optimizer, kind):
+    """The optimizer's slot variables of one kind ("step" or "sign")."""
+    slots = [v for v in optimizer.variables if v.name.endswith(f"_{kind}")]
+    assert len(slots) == 1
+    return ops.convert_to_numpy(slots[0])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worked_example_reference(variant):
+    moves = _reference_moves(
+        variant,
+        [0.0],
+        [[g] for g in EXAMPLE_GRADIENTS],
+        EXAMPLE_LOSSES,
+        [1.0] * 5,
+    )
+    np.testing.assert_allclose(
+        np.concatenate(moves), EXAMPLE_MOVES[variant], rtol=1e-12, atol=1e-15
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_worked_example_optimizer(variant):
+    moves, _ = _optimizer_moves(
+        variant,
+        [0.0],
+        [[g] for g in EXAMPLE_GRADIENTS],
+        EXAMPLE_LOSSES,
+        [1.0] * 5,
+    )
+    np.testing.assert_allclose(
+        np.concatenate(moves), EXAMPLE_MOVES[variant], rtol=1e-5, atol=1e-7
+    )
+
+
+def test_worked_example_irprop_plus_loss_not_rising():
+    gradients = [[g] for g in EXAMPLE_GRADIENTS]
+    expected = EXAMPLE_MOVES_IRPROP_PLUS_FALLING
+    reference = _reference_moves(
+        "irprop+", [0.0], gradients, EXAMPLE_LOSSES_FALLING, [1.0] * 5
+    )
+    np.testing.assert_allclose(np.concatenate(reference), expected, atol=1e-15)
+    moves, _ = _optimizer_moves(
+        "irprop+", [0.0], gradients, EXAMPLE_LOSSES_FALLING, [1.0] * 5
+    )
+    np.testing.assert_allclose(np.concatenate(moves), expected, atol=1e-7)
+    # A loss equal to the previous one is not a rise either (strict test).
+    equal = [4.0, 3.0, 2.0, 2.0, 1.0]
+    moves, _ = _optimizer_moves("irprop+", [0.0], gradients, equal, [1.0] * 5)
+    np.testing.assert_allclose(np.concatenate(moves), expected, atol=1e-7)
+
+
+def test_worked_example_pure_rule():
+    """`keras_rprop.rprop_update` alone, state threaded by hand."""
+    for variant in VARIANTS:
+        sign = ops.zeros((1,))
+        step = ops.full((1,), 0.1)
+        previous_loss = np.inf
+        moves = []
+        for gradient, loss in zip(EXAMPLE_GRADIENTS, EXAMPLE_LOSSES):
+            move, sign, step = keras_rprop.rprop_update(
+                ops.full((1,), gradient),
+                sign,
+                step,
+                variant=variant,
+                eta_minus=0.5,
+                eta_plus=1.2,
+                min_step=1e-6,
+                max_step=50.0,
+                loss_increased=ops.convert_to_tensor(loss > previous_loss),
+            )
+            previous_loss = loss
+            moves.append(float(ops.convert_to_numpy(move)[0]))
+        np.testing.assert_allclose(
+            moves, EXAMPLE_MOVES[variant], atol=1e-7, err_msg=variant
+        )
+
+
+@pytest.mark.parametrize("case", sorted(TENSOR_CASES))
+def test_golden_tensor_steps(case):
+    variant = case.split()[0]
+    losses, expected = TENSOR_CASES[case]
+    args = (variant, TENSOR_START, TENSOR_GRADIENTS, losses, TENSOR_LEARNING_RATES)
+
+    reference = _reference_moves(*args, **TENSOR_HYPERPARAMETERS)
+    for step, (got, want) in enumerate(zip(reference, expected)):
+        np.testing.assert_allclose(
+            got, want, atol=1e-15, err_msg=f"reference {case} step {step + 1}"
+        )
+
+    moves, optimizer = _optimizer_moves(*args, **TENSOR_HYPERPARAMETERS)
+    for step, (got, want) in enumerate(zip(moves, expected)):
+        np.testing.assert_allclose(
+            got, want, atol=1e-6, err_msg=f"{case} step {step + 1}"
+        )
+    np.testing.assert_allclose(
+        _slot(optimizer, "step"), TENSOR_FINAL_STEPS, rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        _slot(optimizer, "sign"), TENSOR_FINAL_SIGNS[case]
+    )
+
+
+def test_pure_rule_single_step_all_cases():
+    """One step from a given state: grow, shrink, keep, clamp, backtrack."""
+    gradient = ops.convert_to_tensor([3.0, -0.5, 2.0, -1.0, 0.0, 1.0])
+    previous_sign = ops.convert_to_tensor([1.0, -1.0, -1.0, 1.0, 1.0, 0.0])
+    step = ops.convert_to_tensor([0.5, 45.0, 0.4, 1e-6, 0.3, 0.2])
+    common = dict(
+        eta_minus=0.5,
+        eta_plus=1.2,
+        min_step=1e-6,
+        max_step=50.0,
+        learning_rate=2.0,
+        previous_learning_rate=0.5,
+    )
+    # grow 0.6; grow clamped 54 -> 50; shrink 0.2; shrink clamped at 1e-6;
+    # zero gradient keeps 0.3; no stored sign keeps 0.2.
+    expected_step = [0.6, 50.0, 0.2, 1e-6, 0.3, 0.2]
+    regular = [-1.2, 100.0, None, None, 0.0, -0.4]
+    on_flip = {
+        # w2: g=+2 after -1, w3: g=-1 after +1.
+        "rprop-": ([-0.4, 2e-6], [1, -1]),
+        "irprop-": ([0.0, 0.0], [0, 0]),
+        # Revert -previous_sign * step * previous_learning_rate.
+        "rprop+": ([-0.4 * 0.5, 1e-6 * 0.5], [0, 0]),
+        "irprop+": ([-0.4 * 0.5, 1e-6 * 0.5], [0, 0]),
+    }
+    for variant in VARIANTS:
+        move, new_sign, new_step = keras_rprop.rprop_update(
+            gradient,
+            previous_sign,
+            step,
+            variant=variant,
+            loss_increased=ops.convert_to_tensor(True),
+            **common,
+        )
+        flip_moves, flip_signs = on_flip[variant]
+        expected_move = list(regular)
+        expected_move[2:4] = flip_moves
+        expected_sign = [1, -1] + flip_signs + [0, 1]
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(move), expected_move, rtol=1e-6, atol=1e-9,
+            err_msg=variant,
+        )
+        np.testing.assert_array_equal(ops.convert_to_numpy(new_sign), expected_sign)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(new_step), expected_step, rtol=1e-6
+        )
+    # iRprop+ without a rise of the loss: no move on the flips.
+    move, _, _ = keras_rprop.rprop_update(
+        gradient,
+        previous_sign,
+        step,
+        variant="irprop+",
+        loss_increased=ops.convert_to_tensor(False),
+        **common,
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(move), [-1.2, 100.0, 0.0, 0.0, 0.0, -0.4], rtol=1e-6
+    )
+
+
+def test_irprop_plus_without_loss_raises():
+    variable = keras.Variable(np.zeros(2, "float32"))
+    optimizer = keras_rprop.Rprop(variant="irprop+")
+    with pytest.raises(ValueError, match="loss=None"):
+        optimizer.apply([ops.ones((2,))], [variable])
+    # Nothing moved: no silent fallback to another variant.
+    np.testing.assert_array_equal(ops.convert_to_numpy(variable), [0.0, 0.0])
+    with pytest.raises(ValueError, match="loss"):
+        keras_rprop.rprop_update(
+            ops.ones((2,)),
+            ops.zeros((2,)),
+            ops.ones((2,)),
+            variant="irprop+",
+            eta_minus=0.5,
+            eta_plus=1.2,
+            min_step=1e-6,
+            max_step=50.0,
+        )
+
+
+@pytest.mark.parametrize("variant", ["rprop+", "rprop-", "irprop-"])
+def test_other_variants_ignore_the_loss(variant):
+    gradients = [[g] for g in EXAMPLE_GRADIENTS]
+    with_loss, _ = _optimizer_moves(
+        variant, [0.0], gradients, [9.0, 1.0, 7.0, 2.0, 8.0], [1.0] * 5
+    )
+    without, _ = _optimizer_moves(variant, [0.0], gradients, None, [1.0] * 5)
+    np.testing.assert_allclose(
+        np.concatenate(with_loss), EXAMPLE_MOVES[variant], atol=1e-7
+    )
+    np.testing.assert_allclose(
+        np.concatenate(without), EXAMPLE_MOVES[variant], atol=1e-7
+    )
