@@ -1,0 +1,456 @@
+"""Time one optimizer update: keras-rprop against Keras Adam and other Rprops.
+
+Measures the time of one update step, the way each backend's Keras trainer
+runs it, for two layouts of float32 parameters:
+
+- case (a): 10M parameters in 20 tensors of 500,000;
+- case (b): 2M parameters in 200 tensors of 10,000.
+
+On each backend, in the same process and interleaved step by step (so that
+noise from other processes hits every variant alike), it times the four
+Rprop variants, Keras Adam, and the other Rprop implementations of that
+ecosystem:
+
+- JAX: `jax.jit(optimizer.stateless_apply)` with the parameters and the
+  optimizer state donated, as the JAX trainer does; `optax.rprop` jitted
+  with donation too.
+- TensorFlow: `tf.function(optimizer.apply)`, with `jit_compile` on and off.
+- PyTorch: `optimizer.apply` under `torch.no_grad()`; `torch.optim.Rprop`
+  with `foreach` on and off; and keras-rprop's per-variable path.
+
+It also measures the memory bandwidth in the same process (a copy of a
+large array on every core: bytes read and written per second) and turns it
+into the time a step needs at least: an Rprop step on float32 parameters
+reads the gradient, the parameter, the step size and the int8 sign and
+writes the last three, 22 bytes per parameter (Adam: 28).
+
+Every backend runs in its own subprocess. Usage:
+
+    python benchmarks/step_speed.py
+    python benchmarks/step_speed.py --quick --backends jax,torch
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = {
+    "a": (20, 500_000),
+    "b": (200, 10_000),
+}
+QUICK_CASES = {
+    "a": (20, 50_000),
+    "b": (200, 1_000),
+}
+BACKENDS = ("tensorflow", "jax", "torch")
+RPROP_VARIANTS = ("rprop+", "rprop-", "irprop+", "irprop-")
+
+# Bytes moved per float32 parameter by one step, at the least.
+RPROP_BYTES = 4 + 4 * 2 + 4 * 2 + 1 * 2
+ADAM_BYTES = 4 + 4 * 2 + 4 * 2 + 4 * 2
+
+
+# -- Measuring ------------------------------------------------------------
+
+
+def _interleaved(steps, repeats, warmup):
+    """Times every callable of `steps` `repeats` times, round-robin.
+
+    Returns a dict of name -> list of seconds.
+    """
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _bandwidth_step(megabytes=256):
+    """A copy of a `megabytes` array, split across all cores.
+
+    NumPy releases the GIL while it copies, so one thread per core copies
+    its share in parallel. Returns `(callable, bytes moved per call)`.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    count = megabytes * 2**20 // 4
+    source = np.ones(count, dtype="float32")
+    target = np.zeros_like(source)
+    workers = os.cpu_count() or 1
+    bounds = np.linspace(0, count, workers + 1).astype(int)
+    pool = ThreadPoolExecutor(workers)
+    parts = list(zip(bounds[:-1], bounds[1:]))
+
+    def copy(part):
+        start, stop = part
+        np.copyto(target[start:stop], source[start:stop])
+
+    def step():
+        list(pool.map(copy, parts))
+
+    return step, 2 * source.nbytes
+
+
+def _gradients(rng, count, size):
+    import numpy as np
+
+    return [rng.standard_normal(size).astype("float32") for _ in range(count)]
+
+
+def _state_bytes(arrays, params):
+    """Bytes of optimizer state per parameter (scalars included)."""
+    return sum(int(a.size) * a.dtype.itemsize for a in arrays) / params
+
+
+def _keras_state(optimizer):
+    import keras
+    import numpy as np
+
+    return [
+        np.asarray(keras.ops.convert_to_numpy(v)) for v in optimizer.variables
+    ]
+
+
+def _make_optimizer(name):
+    import keras
+
+    import keras_rprop
+
+    if name == "keras Adam":
+        return keras.optimizers.Adam(learning_rate=1e-3)
+    return keras_rprop.Rprop(variant=name.split()[-1])
+
+
+def _needs_loss(name):
+    return name.startswith("keras-rprop")
+
+
+# -- One backend ------------------------------------------------------------
+
+
+def _jax_steps(count, size, rng):
+    import jax
+    import keras
+    import optax
+
+    grads_np = _gradients(rng, count, size)
+    grads = [jax.numpy.asarray(g) for g in grads_np]
+    loss = jax.numpy.float32(1.0)
+    steps, state_bytes = {}, {}
+    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
+    for name in names:
+        variables = [keras.Variable(g * 0.0) for g in grads_np]
+        optimizer = _make_optimizer(name)
+        optimizer.build(variables)
+        kwargs = {"loss": loss} if _needs_loss(name) else {}
+
+        def apply(params, state, grads, optimizer=optimizer, kwargs=kwargs):
+            return optimizer.stateless_apply(state, grads, params, **kwargs)
+
+        jitted = jax.jit(apply, donate_argnums=(0, 1))
+        values = {
+            "params": [v.value for v in variables],
+            "state": [v.value for v in optimizer.variables],
+        }
+
+        def step(jitted=jitted, values=values):
+            params, state = jitted(values["params"], values["state"], grads)
+            jax.block_until_ready((params, state))
+            values["params"], values["state"] = params, state
+
+        steps[name] = step
+        state_bytes[name] = _state_bytes(
+            _keras_state(optimizer), count * size
+        )
+
+    transform = optax.rprop(learning_rate=0.1)
+    params = [g * 0.0 for g in grads]
+    values = {"params": params, "state": transform.init(params)}
+
+    def optax_apply(params, state, grads):
+        updates, state = transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    optax_jitted = jax.jit(optax_apply, donate_argnums=(0, 1))
+
+    def optax_step():
+        params, state = optax_jitted(values["params"], values["state"], grads)
+        jax.block_until_ready((params, state))
+        values["params"], values["state"] = params, state
+
+    steps["optax.rprop"] = optax_step
+    state_bytes["optax.rprop"] = _state_bytes(
+        [jax.numpy.asarray(x) for x in jax.tree_util.tree_leaves(
+            values["state"])],
+        count * size,
+    )
+    return steps, state_bytes
+
+
+def _tf_apply(optimizer, variables, needs_loss):
+    # A closure, not default arguments: `tf.function` would trace those.
+    def apply(grads, loss):
+        if needs_loss:
+            optimizer.apply(grads, variables, loss=loss)
+        else:
+            optimizer.apply(grads, variables)
+
+    return apply
+
+
+def _tensorflow_steps(count, size, rng):
+    import keras
+    import tensorflow as tf
+
+    grads_np = _gradients(rng, count, size)
+    grads = [tf.constant(g) for g in grads_np]
+    loss = tf.constant(1.0)
+    steps, state_bytes = {}, {}
+    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
+    for jit_compile in (True, False):
+        for name in names:
+            variables = [keras.Variable(g * 0.0) for g in grads_np]
+            optimizer = _make_optimizer(name)
+            optimizer.build(variables)
+            apply = _tf_apply(optimizer, variables, _needs_loss(name))
+            function = tf.function(apply, jit_compile=jit_compile)
+            label = f"{name} ({'jit' if jit_compile else 'graph'})"
+
+            def step(function=function, optimizer=optimizer):
+                function(grads, loss)
+                # `apply` returns nothing; reading a variable waits for
+                # the update to finish.
+                optimizer.iterations.numpy()
+
+            steps[label] = step
+            state_bytes[label] = _state_bytes(
+                _keras_state(optimizer), count * size
+            )
+    return steps, state_bytes
+
+
+def _torch_steps(count, size, rng):
+    import keras
+    import torch
+
+    import keras_rprop
+
+    grads_np = _gradients(rng, count, size)
+    grads = [torch.from_numpy(g) for g in grads_np]
+    loss = torch.tensor(1.0)
+    steps, state_bytes = {}, {}
+    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
+    names.append("keras-rprop irprop- (per-variable)")
+    for name in names:
+        variables = [keras.Variable(g * 0.0) for g in grads_np]
+        per_variable = name.endswith("(per-variable)")
+        optimizer = _make_optimizer(name.replace(" (per-variable)", ""))
+        if per_variable:
+            optimizer._use_multi_tensor_path = lambda variables: False
+        optimizer.build(variables)
+        kwargs = {"loss": loss} if _needs_loss(name) else {}
+
+        def step(optimizer=optimizer, variables=variables, kwargs=kwargs):
+            with torch.no_grad():
+                optimizer.apply(grads, variables, **kwargs)
+
+        steps[name] = step
+        state_bytes[name] = _state_bytes(
+            _keras_state(optimizer), count * size
+        )
+
+    for foreach in (True, False):
+        params = [torch.nn.Parameter(g * 0.0) for g in grads]
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        optimizer = torch.optim.Rprop(params, lr=0.1, foreach=foreach)
+        label = f"torch.optim.Rprop (foreach={foreach})"
+        steps[label] = optimizer.step
+        optimizer.step()
+        state_bytes[label] = _state_bytes(
+            [
+                t.numpy()
+                for state in optimizer.state.values()
+                for t in state.values()
+            ],
+            count * size,
+        )
+    return steps, state_bytes
+
+
+def run_backend(backend, cases, repeats, warmup):
+    """Runs in the subprocess of one backend; returns JSON-able results."""
+    if backend == "torch":
+        # PyTorch must be imported before TensorFlow's libraries.
+        import torch  # noqa: F401
+    import keras
+    import numpy as np
+
+    make_steps = {
+        "jax": _jax_steps,
+        "tensorflow": _tensorflow_steps,
+        "torch": _torch_steps,
+    }[keras.backend.backend()]
+    results = []
+    for case, (count, size) in cases.items():
+        rng = np.random.default_rng(0)
+        steps, state_bytes = make_steps(count, size, rng)
+        bandwidth_step, moved = _bandwidth_step()
+        steps["memory copy"] = bandwidth_step
+        times = _interleaved(steps, repeats, warmup)
+        copy_seconds = statistics.median(times.pop("memory copy"))
+        for name, seconds in times.items():
+            quartiles = statistics.quantiles(seconds, n=4)
+            results.append(
+                {
+                    "backend": backend,
+                    "case": case,
+                    "tensors": count,
+                    "params": count * size,
+                    "name": name,
+                    "median_ms": 1e3 * statistics.median(seconds),
+                    "q1_ms": 1e3 * quartiles[0],
+                    "q3_ms": 1e3 * quartiles[2],
+                    "state_bytes": state_bytes[name],
+                    "bandwidth_gbs": moved / copy_seconds / 1e9,
+                }
+            )
+        del steps
+    return results
+
+
+# -- The report ------------------------------------------------------------
+
+
+def _print_table(results):
+    by_group = {}
+    for row in results:
+        by_group.setdefault((row["backend"], row["case"]), []).append(row)
+    for (backend, case), rows in by_group.items():
+        params = rows[0]["params"]
+        bandwidth = rows[0]["bandwidth_gbs"]
+        bound_ms = 1e3 * RPROP_BYTES * params / (bandwidth * 1e9)
+        adam_bound_ms = 1e3 * ADAM_BYTES * params / (bandwidth * 1e9)
+        print(
+            f"\n== {backend}, case ({case}): {params:,} float32 parameters "
+            f"in {rows[0]['tensors']} tensors; measured bandwidth "
+            f"{bandwidth:.1f} GB/s -> bound {bound_ms:.2f} ms for Rprop "
+            f"({RPROP_BYTES} B/param), {adam_bound_ms:.2f} ms for Adam "
+            f"({ADAM_BYTES} B/param)"
+        )
+        print(
+            f"{'update':44s} {'median ms':>9s} {'p25-p75 ms':>15s} "
+            f"{'/Adam':>6s} {'/bound':>6s} {'torch/us':>8s} {'state B/p':>9s}"
+        )
+        adam = {}
+        for row in rows:
+            if row["name"].startswith("keras Adam"):
+                adam[row["name"][len("keras Adam") :]] = row["median_ms"]
+        torch_rprop = min(
+            (r["median_ms"] for r in rows if "torch.optim" in r["name"]),
+            default=None,
+        )
+        for row in rows:
+            suffix = row["name"][row["name"].find(" (") :] if (
+                row["name"].endswith(("(jit)", "(graph)"))
+            ) else ""
+            adam_ms = adam.get(suffix)
+            is_ours = row["name"].startswith("keras-rprop")
+            ratio = f"{row['median_ms'] / adam_ms:6.2f}" if adam_ms else ""
+            own_bound = adam_bound_ms if "Adam" in row["name"] else bound_ms
+            bound = f"{row['median_ms'] / own_bound:6.2f}"
+            versus = (
+                f"{torch_rprop / row['median_ms']:8.1f}"
+                if torch_rprop and is_ours
+                else ""
+            )
+            spread = f"{row['q1_ms']:.2f}-{row['q3_ms']:.2f}"
+            print(
+                f"{row['name']:44s} {row['median_ms']:9.2f} {spread:>15s} "
+                f"{ratio:>6s} {bound:>6s} {versus:>8s} "
+                f"{row['state_bytes']:9.2f}"
+            )
+    print(
+        "\n/Adam: median over Keras Adam's on the same backend (TensorFlow: "
+        "same jit_compile setting). /bound: median over the bandwidth bound "
+        "of a step of that optimizer (an Rprop's for all but Adam). torch/us: fastest torch.optim.Rprop over ours. "
+        "state B/p: optimizer state bytes per parameter."
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="Comma-separated backends to run (default: all three).",
+    )
+    parser.add_argument(
+        "--cases", default="a,b", help="Comma-separated cases: a, b."
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="Timed steps per variant."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="10x fewer parameters and fewer repeats, for a smoke test.",
+    )
+    parser.add_argument("--json", help="Also write the results to this file.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    sizes = QUICK_CASES if args.quick else CASES
+    cases = {c: sizes[c] for c in args.cases.split(",")}
+    repeats = args.repeats or (5 if args.quick else 30)
+    warmup = 2 if args.quick else 3
+
+    if args.worker:
+        results = run_backend(args.worker, cases, repeats, warmup)
+        print("RESULTS " + json.dumps(results))
+        return
+
+    results = []
+    for backend in args.backends.split(","):
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            backend,
+            "--cases",
+            args.cases,
+            "--repeats",
+            str(repeats),
+        ]
+        if args.quick:
+            command.append("--quick")
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        lines = [
+            line
+            for line in done.stdout.splitlines()
+            if line.startswith("RESULTS ")
+        ]
+        if done.returncode or not lines:
+            sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+            raise SystemExit(f"The {backend} benchmark failed.")
+        results.extend(json.loads(lines[-1][len("RESULTS ") :]))
+    _print_table(results)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The multi-tensor Rprop update of the PyTorch backend.
+
+PyTorch runs every operation of the rule eagerly, as its own pass over
+memory, with a fixed dispatch cost per call. Applying the rule one variable
+at a time therefore pays that cost once per operation and variable (it
+dominates for many small tensors), and for large tensors each of the rule's
+temporaries is a fresh allocation that goes through the whole tensor in
+main memory.
+
+This path applies `keras_rprop.rule.rprop_update` to buckets of about
+`BUCKET_SIZE` elements instead: small variables are concatenated into one
+bucket, large ones are cut into views of that size. Every bucket's
+temporaries then fit in the CPU caches, and the number of calls no longer
+grows with the number of variables. The rule is element-wise, so the result
+is bit-for-bit the one of the per-variable path.
+"""
+
+import torch
+
+from keras import ops
+
+from keras_rprop import rule
+from keras_rprop.optimizers import backend_compat
+
+# Elements per bucket: small enough that the rule's dozen temporaries of a
+# bucket stay in the L2/L3 caches, large enough that the per-call overhead
+# of the ~20 operations is spread over many elements and that PyTorch still
+# splits each operation across threads (it does from 32768 elements).
+BUCKET_SIZE = 1 << 16
+
+
+def is_supported(optimizer, trainable_variables):
+    """Whether `update` can run the step of these variables.
+
+    Variables without Rprop state (those overwritten with their gradient)
+    and non-contiguous storage, which cannot be viewed flat in place, fall
+    back to the per-variable path.
+    """
+    for variable in trainable_variables:
+        index = optimizer._get_variable_index(variable)
+        if optimizer._steps[index] is None:
+            return False
+        if not variable.value.is_contiguous():
+            return False
+    return True
+
+
+@torch.no_grad()
+def update(optimizer, grads, trainable_variables, learning_rate):
+    """Applies one Rprop step to all variables, a bucket at a time.
+
+    Args:
+        optimizer: The `keras_rprop.Rprop` instance; its step-size and sign
+            slots are updated in place.
+        grads: The gradients, one per variable (torch tensors).
+        trainable_variables: The Keras variables to update in place.
+        learning_rate: The learning rate of this step, a scalar.
+    """
+    groups = {}
+    for grad, variable in zip(grads, trainable_variables):
+        index = optimizer._get_variable_index(variable)
+        step_variable = optimizer._steps[index]
+        step = step_variable.value
+        sign = optimizer._signs[index].value
+        groups.setdefault(step_variable.dtype, []).append(
+            (
+                ops.convert_to_tensor(grad).reshape(-1),
+                variable.value.view(-1),
+                step.view(-1),
+                sign.view(-1),
+            )
+        )
+    # Variables of several dtypes may share a bucket: each one's move is
+    # cast to its own dtype, as the per-variable path does.
+    for dtype, tensors in groups.items():
+        arguments = optimizer._rule_arguments(learning_rate, dtype)
+        for bucket in _buckets(tensors, BUCKET_SIZE):
+            _update_bucket(bucket, arguments)
+
+
+def _buckets(tensors, size):
+    """Groups flat `(grad, var, step, sign)` views into buckets of `size`.
+
+    Yields lists of tuples of views: one slice of a large tensor, or several
+    whole small tensors whose sizes add up to about `size`.
+    """
+    pending = []
+    pending_size = 0
+    for views in tensors:
+        count = views[0].numel()
+        if count >= size:
+            for start in range(0, count, size):
+                yield [tuple(v[start : start + size] for v in views)]
+            continue
+        pending.append(views)
+        pending_size += count
+        if pending_size >= size:
+            yield pending
+            pending = []
+            pending_size = 0
+    if pending:
+        yield pending
+
+
+def _update_bucket(bucket, arguments):
+    grads, variables, steps, signs = zip(*bucket)
+    if len(bucket) == 1:
+        grad, step, sign = grads[0], steps[0], signs[0]
+    else:
+        grad = torch.cat(grads)
+        step = torch.cat(steps)
+        sign = torch.cat(signs)
+    grad = grad.to(step.dtype)
+    move, new_sign, new_step = rule.rprop_update(
+        grad, sign.to(step.dtype), step, **arguments
+    )
+    move = backend_compat.propagate_nan(move, grad)
+    new_sign = new_sign.to(sign.dtype)
+    if len(bucket) == 1:
+        variables[0].add_(move.to(variables[0].dtype))
+        steps[0].copy_(new_step)
+        signs[0].copy_(new_sign)
+        return
+    sizes = [v.numel() for v in variables]
+    moves = [
+        m.to(v.dtype) for m, v in zip(move.split(sizes), variables)
+    ]
+    torch._foreach_add_(list(variables), moves)
+    torch._foreach_copy_(list(steps), list(new_step.split(sizes)))
+    torch._foreach_copy_(list(signs), list(new_sign.split(sizes)))
