@@ -12,17 +12,21 @@ from keras_rprop.optimizers import RpropMinus
 from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import rprop_update
+from keras_rprop.training import MiniBatchWarning
 from keras_rprop.training import enable_loss
+from keras_rprop.training import fit_full_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IRpropMinus",
     "IRpropPlus",
+    "MiniBatchWarning",
     "Rprop",
     "RpropMinus",
     "RpropPlus",
     "VARIANTS",
     "enable_loss",
+    "fit_full_batch",
     "rprop_update",
 ]

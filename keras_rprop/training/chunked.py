@@ -1,0 +1,156 @@
+"""The full-batch gradient of data that does not fit in one batch.
+
+`fit` runs over the chunks of an epoch with a training step that only adds
+each chunk's gradient and loss, weighted by its number of samples, to a
+`GradientAccumulator`. After the last chunk, `ApplyAccumulated` divides by
+the number of samples and applies one optimizer step. With a loss that
+averages over the samples (Keras's default reduction,
+`"sum_over_batch_size"`), the weighted mean of the chunks' gradients is the
+gradient of the whole data set, whatever the size of the last chunk; the
+regularization terms, added once to every chunk's loss, come out once.
+Keras's own `gradient_accumulation_steps` averages the chunks with equal
+weights instead, which is wrong for a short last chunk.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_rprop.optimizers import backend_compat
+from keras_rprop.training.loss_channel import apply_with_loss
+
+
+class GradientAccumulator(keras.metrics.Metric):
+    """Sums of the sample-weighted gradients and losses of the chunks.
+
+    It is a `Metric` so that the JAX trainer threads its variables through
+    the compiled training step with the other metric variables. Keras resets
+    metrics at the start of every epoch; this one is cleared by
+    `ApplyAccumulated` after each optimizer step instead, and logs nothing.
+
+    Args:
+        variables: The trainable variables whose gradients are summed.
+        name: Name of the metric.
+    """
+
+    def __init__(self, variables, name="keras_rprop_gradient_sums"):
+        super().__init__(name=name)
+        self.gradient_sums = [
+            self.add_variable(
+                shape=variable.shape,
+                initializer="zeros",
+                dtype=backend_compat.step_dtype(variable.dtype),
+                name=f"gradient_sum_{i}",
+            )
+            for i, variable in enumerate(variables)
+        ]
+        self.samples = self.add_variable(
+            shape=(), initializer="zeros", dtype="float32", name="samples"
+        )
+        self.loss_sum = self.add_variable(
+            shape=(), initializer="zeros", dtype="float32", name="loss_sum"
+        )
+
+    def update_state(self, grads, loss, samples):
+        """Adds one chunk: its gradients, its loss and its sample count."""
+        samples = ops.cast(samples, "float32")
+        for total, grad in zip(self.gradient_sums, grads):
+            if grad is None:
+                continue
+            grad = ops.cast(backend_compat.densify(grad), total.dtype)
+            total.assign_add(grad * ops.cast(samples, total.dtype))
+        self.samples.assign_add(samples)
+        self.loss_sum.assign_add(ops.cast(loss, "float32") * samples)
+
+    add = update_state
+
+    def result(self):
+        return {}
+
+    def reset_state(self):
+        # The sums span an epoch's chunks and outlive Keras's reset at the
+        # start of the next epoch until `ApplyAccumulated` used them.
+        pass
+
+    def clear(self):
+        for variable in self.variables:
+            # NumPy zeros give every variable a buffer of its own (the JAX
+            # trainer donates them, and a shared constant is donated twice).
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+
+class ApplyAccumulated(keras.callbacks.Callback):
+    """Applies the accumulated full-batch gradient once per pass over the data.
+
+    The step is applied right after the last chunk of the epoch, before
+    validation and the other callbacks' `on_epoch_end`, so they all see the
+    weights after the epoch's step, as in any Keras training. When the number
+    of chunks is unknown (a dataset of unknown cardinality), the step is
+    applied at the start of `on_epoch_end`, after validation.
+
+    Args:
+        accumulator: The `GradientAccumulator` the training step fills.
+    """
+
+    def __init__(self, accumulator):
+        super().__init__()
+        self.accumulator = accumulator
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps") if self.params else None
+        if steps is not None and batch + 1 >= steps:
+            self.apply()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.apply()
+
+    def apply(self):
+        """Applies one optimizer step with the accumulated gradient."""
+        model = self.model
+        if keras.backend.backend() == "jax":
+            # The JAX trainer keeps the state outside the variables during
+            # an epoch; after this it reads them back.
+            model.jax_state_sync()
+        samples = float(ops.convert_to_numpy(self.accumulator.samples))
+        if samples == 0.0:
+            return
+        grads = [
+            ops.divide(total, ops.cast(samples, total.dtype))
+            for total in self.accumulator.gradient_sums
+        ]
+        loss = ops.divide(self.accumulator.loss_sum, samples)
+        variables = model.trainable_variables
+        grads = [ops.cast(g, v.dtype) for g, v in zip(grads, variables)]
+        if keras.backend.backend() == "torch":
+            import torch
+
+            with torch.no_grad():
+                apply_with_loss(model.optimizer, grads, variables, loss)
+        else:
+            apply_with_loss(model.optimizer, grads, variables, loss)
+        self.accumulator.clear()
+        if keras.backend.backend() == "jax":
+            _unshare_buffers(variables + list(model.optimizer.variables))
+
+
+def _unshare_buffers(variables):
+    """Gives every JAX variable a buffer of its own.
+
+    An eager `assign(other_variable)` makes two variables hold one array
+    (Rprop's previous loss takes the current loss that way); the JAX trainer
+    donates every state buffer to its compiled step, and donating one twice
+    fails.
+    """
+    import jax.numpy as jnp
+
+    seen = set()
+    for variable in variables:
+        value = variable.value
+        try:
+            key = value.unsafe_buffer_pointer()
+        except Exception:
+            key = id(value)
+        if key in seen:
+            variable.assign(jnp.array(value, copy=True))
+        else:
+            seen.add(key)

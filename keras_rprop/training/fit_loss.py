@@ -1,0 +1,156 @@
+"""`enable_loss`: hands the training loss of every `fit` step to Rprop.
+
+Keras's built-in `train_step` calls `optimizer.apply(grads, variables)` (or
+`stateless_apply` on JAX) without the loss, but iRprop+ decides whether to
+revert a move by comparing the loss of consecutive steps. `enable_loss`
+gives one model a `train_step` that is the same computation plus the loss.
+"""
+
+import contextlib
+import functools
+import types
+
+import keras
+
+from keras_rprop.training import minibatch
+from keras_rprop.training import train_steps
+from keras_rprop.training.loss_channel import rprop_inside
+
+
+def enable_loss(model):
+    """Makes `model.fit` pass the loss of every step to the Rprop optimizer.
+
+    Call it once, after `model.compile(...)`:
+
+    ```python
+    model.compile(optimizer=keras_rprop.Rprop("irprop+"), loss="mse")
+    keras_rprop.enable_loss(model)
+    model.fit(x, y, batch_size=len(x), epochs=100)
+    ```
+
+    The loss handed over is the full training loss of the step: the compiled
+    loss plus every regularization and `add_loss` term, before loss scaling.
+    Under `tf.distribute` each replica hands over its own share (Keras
+    divides each replica's loss by the number of replicas); the optimizer
+    sums the shares into the global loss. When mixed precision wraps the
+    optimizer in a `keras.optimizers.LossScaleOptimizer`, the loss reaches
+    the inner Rprop optimizer, and steps skipped for non-finite gradients
+    skip the loss too.
+
+    Only the `"irprop+"` variant uses the loss; the other variants ignore
+    it, so `enable_loss` is harmless with them. It works for Sequential,
+    Functional and subclassed models on the TensorFlow, JAX and PyTorch
+    backends, compiled or with `run_eagerly=True`. It binds a new
+    `train_step` method to this model instance only, so the model's class,
+    config and saved files are unchanged: a model loaded from disk or made by
+    `keras.models.clone_model` needs its own `enable_loss` call.
+
+    `enable_loss` also makes `fit` warn, once, when it is called with
+    mini-batches that the optimizer would apply one by one (see
+    `keras_rprop.MiniBatchWarning`): Rprop needs full-batch gradients.
+
+    A model whose class overrides `train_step` has its own training step,
+    which `enable_loss` cannot change: pass the loss there instead, as
+    `self.optimizer.apply(grads, variables, loss=loss)` (TensorFlow, PyTorch)
+    or `self.optimizer.stateless_apply(..., loss=loss)` (JAX).
+
+    Args:
+        model: A compiled `keras.Model` whose optimizer is a
+            `keras_rprop.Rprop` (or a `LossScaleOptimizer` wrapping one).
+
+    Returns:
+        The same `model`, for chaining.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "Argument `model` must be a `keras.Model`. "
+            f"Received: model={model!r}"
+        )
+    if not getattr(model, "compiled", False):
+        raise ValueError(
+            "Argument `model` must be compiled before `enable_loss` is "
+            "called: call `model.compile(optimizer=keras_rprop.Rprop(...), "
+            f"...)` first. Received: model={model.name!r} (not compiled)"
+        )
+    if rprop_inside(model.optimizer) is None:
+        raise ValueError(
+            "`enable_loss` hands the loss to a `keras_rprop.Rprop` "
+            "optimizer, but the model was compiled with another one. "
+            f"Received: optimizer={model.optimizer!r}"
+        )
+    owner = _train_step_owner(model)
+    if not owner.__module__.startswith("keras."):
+        raise ValueError(
+            f"`{owner.__name__}` overrides `train_step`, so `enable_loss` "
+            "cannot change how it calls the optimizer. Pass the loss in "
+            "your `train_step` instead: "
+            "`self.optimizer.apply(grads, variables, loss=loss)` "
+            "(TensorFlow, PyTorch) or "
+            "`self.optimizer.stateless_apply(..., loss=loss)` (JAX). "
+            f"Received: model of class {type(model).__name__}"
+        )
+    if keras.backend.backend() == "jax" and keras.config.is_nnx_enabled():
+        raise ValueError(
+            "`enable_loss` does not support Keras's Flax NNX mode, which "
+            "calls the class's `train_step` directly. Override `train_step` "
+            "and pass `loss=` to `stateless_apply` instead. Received: "
+            "keras.config.is_nnx_enabled()=True"
+        )
+    bind_train_step(model, train_steps.TRAIN_STEPS)
+    model.fit = types.MethodType(_fit_checking_batches, model)
+    return model
+
+
+def loss_enabled(model):
+    """Whether `enable_loss(model)` was called on this model instance."""
+    step = model.__dict__.get("train_step")
+    return getattr(step, "__func__", None) in train_steps.TRAIN_STEPS.values()
+
+
+def bind_train_step(model, steps_by_backend, **kwargs):
+    """Binds this backend's step from `steps_by_backend` as `train_step`."""
+    backend = keras.backend.backend()
+    if backend not in steps_by_backend:
+        raise ValueError(
+            "keras_rprop's training steps support the TensorFlow, JAX and "
+            f"PyTorch backends. Received: backend={backend!r}"
+        )
+    step = steps_by_backend[backend]
+    if kwargs:
+        step = functools.partial(step, **kwargs)
+    model.train_step = types.MethodType(step, model)
+    # A train function made before this call closes over the old step.
+    model.train_function = None
+
+
+@contextlib.contextmanager
+def bound_train_step(model, steps_by_backend, **kwargs):
+    """Binds a training step for the duration of the block only."""
+    previous = model.__dict__.get("train_step")
+    bind_train_step(model, steps_by_backend, **kwargs)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del model.train_step
+        else:
+            model.train_step = previous
+        model.train_function = None
+
+
+def _train_step_owner(model):
+    for cls in type(model).__mro__:
+        if "train_step" in cls.__dict__:
+            return cls
+    return type(model)
+
+
+def _fit_checking_batches(self, x=None, y=None, batch_size=None, **kwargs):
+    minibatch.check_full_batch(
+        self,
+        x,
+        batch_size=batch_size,
+        steps_per_epoch=kwargs.get("steps_per_epoch"),
+        validation_split=kwargs.get("validation_split", 0.0),
+    )
+    return type(self).fit(self, x, y, batch_size=batch_size, **kwargs)
