@@ -13,6 +13,7 @@ from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import rprop_update
 from keras_rprop.training import MiniBatchWarning
+from keras_rprop.training import StepSizeLogger
 from keras_rprop.training import enable_loss
 from keras_rprop.training import fit_full_batch
 
@@ -25,6 +26,7 @@ __all__ = [
     "Rprop",
     "RpropMinus",
     "RpropPlus",
+    "StepSizeLogger",
     "VARIANTS",
     "enable_loss",
     "fit_full_batch",
