@@ -1,0 +1,383 @@
+"""The benchmark problems of `keras-rprop compare`.
+
+Each problem fixes its data, network, loss, target loss and epoch budget, so
+that every optimizer faces exactly the same task. The classic Rprop
+benchmarks (encoder, parity, two spirals) are generated; the real data sets
+ship with scikit-learn. Nothing is downloaded.
+
+Adding a problem is one `register(Problem(...))` call at the end of this
+module, next to the others.
+"""
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+BINARY = "binary"
+MULTICLASS = "multiclass"
+REGRESSION = "regression"
+TASKS = (BINARY, MULTICLASS, REGRESSION)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Training and test arrays of one problem.
+
+    `x_*` are float32. `y_*` are float32 targets of shape `(n, outputs)` for
+    binary and regression problems and int32 class labels of shape `(n,)` for
+    multi-class problems. `y_scale` converts a root mean squared error on the
+    (standardized) regression targets back to the original units.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    y_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A benchmark: data, network, loss, target loss and epoch budget.
+
+    The network is a multi-layer perceptron: `Dense` layers of the sizes in
+    `hidden` with `activation`, then a `Dense` output layer with
+    `output_activation`. Its initial weights depend only on the seed (see
+    `initial_weights`), never on the backend.
+
+    Attributes:
+        name: Short name used on the command line.
+        summary: One line that says what the problem is and where it is from.
+        load: Function without arguments returning the `Dataset`. The data
+            do not depend on the seed: seeds only change the initial weights,
+            as in the papers' comparisons.
+        hidden: Sizes of the hidden layers.
+        activation: Activation of the hidden layers.
+        output_activation: Activation of the output layer.
+        loss: Name of a Keras loss, averaged over the training set.
+        target_loss: The training loss at which the problem counts as
+            learned; "epochs to target" is the first epoch whose loss is at
+            or below it.
+        epochs: Default epoch budget (full-batch steps).
+        task: One of `"binary"` (test accuracy over all output bits),
+            `"multiclass"` (test accuracy of the arg-max) and `"regression"`
+            (test root mean squared error in the target's units).
+    """
+
+    name: str
+    summary: str
+    load: Callable[[], Dataset]
+    hidden: tuple
+    activation: str
+    output_activation: str
+    loss: str
+    target_loss: float
+    epochs: int
+    task: str
+
+    @property
+    def metric_name(self):
+        """Name of the test metric, e.g. for a table header."""
+        return "test RMSE" if self.task == REGRESSION else "test accuracy"
+
+    @property
+    def higher_is_better(self):
+        return self.task != REGRESSION
+
+    def output_units(self, data):
+        if self.task == MULTICLASS:
+            return int(max(data.y_train.max(), data.y_test.max())) + 1
+        return data.y_train.shape[1]
+
+    def build_model(self, data, seed):
+        """Builds the network with the initial weights of `seed`.
+
+        Args:
+            data: The problem's `Dataset` (gives the input and output sizes).
+            seed: Integer seed of the initial weights.
+
+        Returns:
+            An uncompiled `keras.Sequential` model.
+        """
+        import keras
+
+        layers = [keras.Input((data.x_train.shape[1],))]
+        for units in self.hidden:
+            layers.append(keras.layers.Dense(units, self.activation))
+        layers.append(
+            keras.layers.Dense(
+                self.output_units(data), self.output_activation
+            )
+        )
+        model = keras.Sequential(layers, name=self.name.replace("-", "_"))
+        model.set_weights(
+            initial_weights([w.shape for w in model.weights], seed)
+        )
+        return model
+
+    def test_metric(self, data, predictions):
+        """Accuracy or error of `predictions` on the test set."""
+        predictions = np.asarray(predictions, dtype="float64")
+        if self.task == BINARY:
+            return float(np.mean((predictions > 0.5) == (data.y_test > 0.5)))
+        if self.task == MULTICLASS:
+            return float(np.mean(predictions.argmax(axis=-1) == data.y_test))
+        error = predictions - data.y_test
+        return float(np.sqrt(np.mean(error**2)) * data.y_scale)
+
+
+def initial_weights(shapes, seed):
+    """Glorot-uniform kernels and zero biases from NumPy, for any backend.
+
+    Keras's own initializers draw different numbers on each backend; drawing
+    them with NumPy gives the same network on TensorFlow, JAX and PyTorch.
+
+    Args:
+        shapes: Shapes of the weights, in `model.weights` order.
+        seed: Integer seed.
+
+    Returns:
+        A list of float32 arrays of the given shapes.
+    """
+    rng = np.random.default_rng(seed)
+    weights = []
+    for shape in shapes:
+        shape = tuple(shape)
+        if len(shape) == 2:
+            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+            weights.append(rng.uniform(-limit, limit, shape).astype("float32"))
+        else:
+            weights.append(np.zeros(shape, "float32"))
+    return weights
+
+
+# -- Data ----------------------------------------------------------------------
+
+
+def encoder_data(n):
+    """The N-M-N encoder: n one-hot patterns that the network reproduces.
+
+    There is nothing to generalize to, so the test set is the training set.
+    """
+    patterns = np.eye(n, dtype="float32")
+    return Dataset(patterns, patterns, patterns, patterns)
+
+
+def parity_data(bits):
+    """All 2**bits bit patterns (as -1/+1) with their parity as target.
+
+    All patterns are in the training set, so the test set is the training set.
+    """
+    codes = np.arange(2**bits)
+    binary = (codes[:, None] >> np.arange(bits)) & 1
+    x = (2.0 * binary - 1.0).astype("float32")
+    y = (binary.sum(axis=1, keepdims=True) % 2).astype("float32")
+    return Dataset(x, y, x, y)
+
+
+def two_spirals_data(points_per_spiral=97):
+    """Lang & Witbrock's two interlocking spirals (1988), 194 points.
+
+    The test set lies on the same spirals halfway between the training
+    points, so test accuracy measures whether the network learned the spirals
+    or the points.
+    """
+
+    def spirals(index):
+        angle = index * math.pi / 16.0
+        radius = 6.5 * (104.0 - index) / 104.0
+        first = np.stack([radius * np.sin(angle), radius * np.cos(angle)], 1)
+        x = np.concatenate([first, -first]) / 6.5
+        y = np.concatenate([np.ones(len(index)), np.zeros(len(index))])
+        return x.astype("float32"), y[:, None].astype("float32")
+
+    index = np.arange(points_per_spiral, dtype="float64")
+    x_train, y_train = spirals(index)
+    x_test, y_test = spirals(index[:-1] + 0.5)
+    return Dataset(x_train, y_train, x_test, y_test)
+
+
+def sklearn_data(loader, task, test_fraction=0.3):
+    """A data set bundled with scikit-learn, split 70/30 and standardized.
+
+    The split is stratified for classification and fixed (random state 0),
+    and the inputs (and regression targets) are standardized with the
+    training set's mean and deviation.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x, y = loader(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x,
+        y,
+        test_size=test_fraction,
+        random_state=0,
+        stratify=None if task == REGRESSION else y,
+    )
+    mean, deviation = x_train.mean(axis=0), x_train.std(axis=0)
+    deviation[deviation == 0] = 1.0
+    x_train = ((x_train - mean) / deviation).astype("float32")
+    x_test = ((x_test - mean) / deviation).astype("float32")
+    y_scale = 1.0
+    if task == MULTICLASS:
+        y_train, y_test = y_train.astype("int32"), y_test.astype("int32")
+    else:
+        if task == REGRESSION:
+            y_mean, y_scale = float(y_train.mean()), float(y_train.std())
+            y_train, y_test = (y_train - y_mean) / y_scale, (y_test - y_mean) / y_scale
+        y_train = y_train.reshape(-1, 1).astype("float32")
+        y_test = y_test.reshape(-1, 1).astype("float32")
+    return Dataset(x_train, y_train, x_test, y_test, y_scale)
+
+
+def _sklearn(name, task):
+    def load():
+        from sklearn import datasets
+
+        return sklearn_data(getattr(datasets, f"load_{name}"), task)
+
+    return load
+
+
+# -- The problems --------------------------------------------------------------
+
+PROBLEMS = {}
+
+
+def register(problem):
+    """Adds `problem` to `PROBLEMS` under its name and returns it."""
+    if problem.task not in TASKS:
+        raise ValueError(
+            f"Argument `task` must be one of {TASKS}. "
+            f"Received: task={problem.task!r}"
+        )
+    PROBLEMS[problem.name] = problem
+    return problem
+
+
+def get_problem(name):
+    """Returns the registered problem called `name`."""
+    if name not in PROBLEMS:
+        raise ValueError(
+            f"Argument `problems` must name problems among {list(PROBLEMS)}. "
+            f"Received: {name!r}"
+        )
+    return PROBLEMS[name]
+
+
+register(
+    Problem(
+        name="encoder",
+        summary="10-5-10 encoder: pass 10 one-hot patterns through 5 hidden "
+        "units (Riedmiller & Braun 1993 benchmark)",
+        load=lambda: encoder_data(10),
+        hidden=(5,),
+        activation="sigmoid",
+        output_activation="sigmoid",
+        loss="binary_crossentropy",
+        target_loss=0.01,
+        epochs=300,
+        task=BINARY,
+    )
+)
+
+register(
+    Problem(
+        name="parity",
+        summary="4-bit parity: all 16 patterns, 4-8-1 network (a classic "
+        "hard problem for gradient descent)",
+        load=lambda: parity_data(4),
+        hidden=(8,),
+        activation="tanh",
+        output_activation="sigmoid",
+        loss="binary_crossentropy",
+        target_loss=0.01,
+        epochs=500,
+        task=BINARY,
+    )
+)
+
+register(
+    Problem(
+        name="two-spirals",
+        summary="Two spirals (Lang & Witbrock 1988): 194 points, 2-20-20-1 "
+        "tanh network; test on points between the training points",
+        load=two_spirals_data,
+        hidden=(20, 20),
+        activation="tanh",
+        output_activation="sigmoid",
+        loss="binary_crossentropy",
+        target_loss=0.05,
+        epochs=2000,
+        task=BINARY,
+    )
+)
+
+register(
+    Problem(
+        name="breast-cancer",
+        summary="Wisconsin diagnostic breast cancer (scikit-learn): 569 x 30, "
+        "2 classes, 30-8-1 network",
+        load=_sklearn("breast_cancer", BINARY),
+        hidden=(8,),
+        activation="tanh",
+        output_activation="sigmoid",
+        loss="binary_crossentropy",
+        target_loss=0.05,
+        epochs=300,
+        task=BINARY,
+    )
+)
+
+register(
+    Problem(
+        name="wine",
+        summary="Wine (scikit-learn): 178 x 13, 3 classes, 13-8-3 network",
+        load=_sklearn("wine", MULTICLASS),
+        hidden=(8,),
+        activation="tanh",
+        output_activation="softmax",
+        loss="sparse_categorical_crossentropy",
+        target_loss=0.01,
+        epochs=300,
+        task=MULTICLASS,
+    )
+)
+
+register(
+    Problem(
+        name="digits",
+        summary="Digits (scikit-learn): 1797 8x8 images, 10 classes, "
+        "64-32-10 network",
+        load=_sklearn("digits", MULTICLASS),
+        hidden=(32,),
+        activation="tanh",
+        output_activation="softmax",
+        loss="sparse_categorical_crossentropy",
+        target_loss=0.01,
+        epochs=300,
+        task=MULTICLASS,
+    )
+)
+
+register(
+    Problem(
+        name="diabetes",
+        summary="Diabetes progression (scikit-learn): 442 x 10 regression, "
+        "10-16-1 network, standardized target",
+        load=_sklearn("diabetes", REGRESSION),
+        hidden=(16,),
+        activation="tanh",
+        output_activation="linear",
+        loss="mean_squared_error",
+        target_loss=0.4,
+        epochs=500,
+        task=REGRESSION,
+    )
+)
+
+# The problems that run when none is named: small enough to finish in about
+# a minute on two CPU cores, and showing both a classic and a real data set.
+DEFAULT_PROBLEMS = ("encoder", "breast-cancer")

@@ -1,0 +1,148 @@
+"""`keras-rprop compare` end to end: a tiny run and its files."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_rprop import cli
+from keras_rprop.compare import problems
+from keras_rprop.compare import runner
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EPOCHS = 2
+OPTIMIZERS = list(runner.OPTIMIZERS)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("compare")
+    capture = pytest.MonkeyPatch()
+    lines = []
+    capture.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+    try:
+        status = cli.main(
+            [
+                "compare",
+                "--problems",
+                "encoder,wine",
+                "--seeds",
+                "1",
+                "--epochs",
+                str(EPOCHS),
+                "--output",
+                str(output),
+            ]
+        )
+    finally:
+        capture.undo()
+    return status, output, "\n".join(lines)
+
+
+def test_exit_status_and_progress(tiny_run):
+    status, _, printed = tiny_run
+    assert status == 0
+    # One progress line per run: 2 problems x 7 optimizers x 1 seed.
+    assert printed.count("[") >= 14 and "[14/14]" in printed
+
+
+def _table_rows(text, problem):
+    section = text.split(f"## {problem}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [row.split("|")[1].strip() for row in rows[1:]]
+
+
+def test_table_has_a_row_per_optimizer(tiny_run):
+    _, output, printed = tiny_run
+    table = (output / "table.md").read_text()
+    for text in (table, printed):
+        for problem in ("encoder", "wine"):
+            assert _table_rows(text, problem) == OPTIMIZERS
+
+
+def test_png_is_a_valid_image(tiny_run):
+    import matplotlib.image
+
+    path = tiny_run[1] / "loss_curves.png"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 200
+
+
+def test_csv_and_json(tiny_run):
+    output = tiny_run[1]
+    with open(output / "runs.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 14
+    assert [r["optimizer"] for r in rows[:7]] == OPTIMIZERS
+    assert {r["backend"] for r in rows} == {keras.backend.backend()}
+    document = json.loads((output / "results.json").read_text())
+    assert document["metadata"]["backend"] == keras.backend.backend()
+    assert len(document["runs"]) == 14
+    assert len(document["summary"]) == 14
+    for run in document["runs"]:
+        assert len(run["losses"]) == EPOCHS + 1
+        assert run["epochs"] == EPOCHS and run["seed"] == 0
+    rows_by_run = {(r["problem"], r["optimizer"]): r for r in rows}
+    for run in document["runs"]:
+        row = rows_by_run[run["problem"], run["optimizer"]]
+        assert float(row["final_loss"]) == pytest.approx(run["losses"][-1])
+
+
+def _encoder_gradient(weights, x, y):
+    """Loss and gradients of the encoder network, in float64 NumPy."""
+    w1, b1, w2, b2 = (np.asarray(w, "float64") for w in weights)
+    hidden = 1 / (1 + np.exp(-(x @ w1 + b1)))
+    output = 1 / (1 + np.exp(-(hidden @ w2 + b2)))
+    loss = -np.mean(y * np.log(output) + (1 - y) * np.log(1 - output))
+    # Sigmoid and binary cross-entropy: d loss / d logit = (p - y) / size.
+    d_output = (output - y) / y.size
+    d_hidden = d_output @ w2.T * hidden * (1 - hidden)
+    grads = [x.T @ d_hidden, d_hidden.sum(0), hidden.T @ d_output, d_output.sum(0)]
+    return loss, grads
+
+
+def test_first_epoch_is_one_full_batch_step_from_the_same_weights(tiny_run):
+    """Checks the curves against a NumPy network: same start, full batch."""
+    document = json.loads((tiny_run[1] / "results.json").read_text())
+    runs = {r["optimizer"]: r["losses"] for r in document["runs"]
+            if r["problem"] == "encoder"}
+    problem = problems.PROBLEMS["encoder"]
+    data = problem.load()
+    x, y = data.x_train.astype("float64"), data.y_train.astype("float64")
+    weights = problem.build_model(data, seed=0).get_weights()
+    loss0, grads = _encoder_gradient(weights, x, y)
+    for name in OPTIMIZERS:
+        assert runs[name][0] == pytest.approx(loss0, rel=1e-5), name
+    # Every Rprop variant starts by moving each weight 0.1 against the sign
+    # of its full-batch gradient.
+    moved = [w - 0.1 * np.sign(g) for w, g in zip(weights, grads)]
+    rprop_loss1, _ = _encoder_gradient(moved, x, y)
+    for variant in ("rprop+", "rprop-", "irprop+", "irprop-"):
+        assert runs[variant][1] == pytest.approx(rprop_loss1, rel=1e-4)
+    # Plain SGD with Keras's default learning rate 0.01.
+    moved = [w - 0.01 * g for w, g in zip(weights, grads)]
+    sgd_loss1, _ = _encoder_gradient(moved, x, y)
+    assert runs["sgd"][1] == pytest.approx(sgd_loss1, rel=1e-5)
+    # Ten patterns: a mini-batch of 32 holds them all.
+    np.testing.assert_allclose(runs["adam-mb32"], runs["adam"], rtol=1e-5)
+
+
+def test_unknown_problem_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["compare", "--problems", "encoder,nope"])
+    assert raised.value.code == 2
+    assert "`problems`" in capsys.readouterr().err
+
+
+def test_list_in_another_backend(capfd):
+    other = "jax" if keras.backend.backend() != "jax" else "torch"
+    assert cli.main(["compare", "--backend", other, "--list"]) == 0
+    printed = capfd.readouterr().out
+    assert f"Keras backend: {other}" in printed
+    for name in problems.PROBLEMS:
+        assert f"  {name} " in printed
+    assert not os.path.exists("compare-results")
