@@ -12,6 +12,7 @@ from reference import mlp_loss_and_grads
 from reference import train_reference
 from training_loops import assert_weights_close
 from training_loops import build_mlp
+from training_loops import float64_precision
 from training_loops import full_batch_steps
 
 STEPS = 50
@@ -20,15 +21,8 @@ STEPS = 50
 @pytest.fixture
 def float64():
     # Sign decisions of tiny gradients must agree with the float64 reference.
-    if keras.backend.backend() == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float64")
-    keras.mixed_precision.set_global_policy("float64")
-    yield
-    if keras.backend.backend() == "jax":
-        jax.config.update("jax_enable_x64", False)
+    with float64_precision():
+        yield
 
 
 def test_reference_backprop_matches_finite_differences():

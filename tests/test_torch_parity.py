@@ -17,6 +17,7 @@ from reference import make_mlp_params
 from reference import make_regression_data
 from training_loops import assert_weights_close
 from training_loops import build_mlp
+from training_loops import float64_precision
 from training_loops import full_batch_steps
 
 HYPERPARAMETERS = dict(
@@ -36,15 +37,9 @@ def _torch_rprop(params, **hp):
 
 @pytest.fixture
 def float64():
-    if keras.backend.backend() == "jax":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float64")
-    keras.mixed_precision.set_global_policy("float64")
-    yield
-    if keras.backend.backend() == "jax":
-        jax.config.update("jax_enable_x64", False)
+    # Sign decisions of tiny gradients must agree with the float64 reference.
+    with float64_precision():
+        yield
 
 
 def _torch_mlp_history(params, x, y, steps, **hp):

@@ -5,6 +5,8 @@ autodiff and passes the loss to the optimizer (`apply(..., loss=)`, or
 `stateless_apply(..., loss=)` on JAX, the path the JAX trainer uses).
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -31,38 +33,62 @@ def weights_of(variables):
     return [np.array(ops.convert_to_numpy(v), np.float64) for v in variables]
 
 
-def full_batch_steps(model, optimizer, x, y, steps, pass_loss=True, loss_fn=mse):
-    """Trains `model` for `steps` full-batch steps with `optimizer`.
+@contextlib.contextmanager
+def float64_precision():
+    """Runs Keras in float64 (on JAX this needs `jax_enable_x64`)."""
+    jax_backend = keras.backend.backend() == "jax"
+    if jax_backend:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    keras.config.set_floatx("float64")
+    keras.mixed_precision.set_global_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx("float32")
+        keras.mixed_precision.set_global_policy("float32")
+        if jax_backend:
+            jax.config.update("jax_enable_x64", False)
+
+
+def full_batch_steps(
+    model, optimizer, x, y, steps, pass_loss=True, loss_fn=mse, batches=1
+):
+    """Trains `model` for `steps` epochs with `optimizer`.
 
     Args:
         model: A built Keras model.
         optimizer: The optimizer; built here if it is not yet.
         x, y: The whole data set.
-        steps: Number of optimizer steps.
+        steps: Number of passes over the data.
         pass_loss: Whether to hand the loss to the optimizer.
         loss_fn: `loss_fn(y_true, y_pred)` returning a scalar.
+        batches: Number of equal, consecutive mini-batches per pass; each
+            gets its own `apply` call (1: full batch).
 
     Returns:
         A tuple `(history, losses)`: the trainable weights (NumPy) after each
-        step and the loss each step started from.
+        pass and the loss of the last `apply` call of each pass.
     """
     variables = model.trainable_variables
     optimizer.build(variables)
     backend = keras.backend.backend()
-    x = ops.convert_to_tensor(x, dtype=model.inputs[0].dtype)
-    y = ops.convert_to_tensor(y, dtype=model.inputs[0].dtype)
+    dtype = model.inputs[0].dtype
+    x_batches = [ops.convert_to_tensor(b, dtype) for b in np.split(x, batches)]
+    y_batches = [ops.convert_to_tensor(b, dtype) for b in np.split(y, batches)]
     history, losses = [], []
     if backend == "jax":
         import jax
 
-        def compute_loss(trainable, non_trainable):
+        def compute_loss(trainable, non_trainable, x, y):
             prediction, _ = model.stateless_call(trainable, non_trainable, x)
             return loss_fn(y, prediction)
 
         @jax.jit
-        def train_step(trainable, non_trainable, optimizer_values):
+        def train_step(trainable, non_trainable, optimizer_values, x, y):
             loss, grads = jax.value_and_grad(compute_loss)(
-                trainable, non_trainable
+                trainable, non_trainable, x, y
             )
             trainable, optimizer_values = optimizer.stateless_apply(
                 optimizer_values,
@@ -76,9 +102,10 @@ def full_batch_steps(model, optimizer, x, y, steps, pass_loss=True, loss_fn=mse)
         non_trainable = [v.value for v in model.non_trainable_variables]
         optimizer_values = [v.value for v in optimizer.variables]
         for _ in range(steps):
-            trainable, optimizer_values, loss = train_step(
-                trainable, non_trainable, optimizer_values
-            )
+            for x_batch, y_batch in zip(x_batches, y_batches):
+                trainable, optimizer_values, loss = train_step(
+                    trainable, non_trainable, optimizer_values, x_batch, y_batch
+                )
             history.append(weights_of(trainable))
             losses.append(float(loss))
         for variable, value in zip(variables, trainable):
@@ -89,7 +116,7 @@ def full_batch_steps(model, optimizer, x, y, steps, pass_loss=True, loss_fn=mse)
         import tensorflow as tf
 
         @tf.function
-        def train_step():
+        def train_step(x, y):
             with tf.GradientTape() as tape:
                 loss = loss_fn(y, model(x, training=True))
             grads = tape.gradient(loss, variables)
@@ -97,20 +124,25 @@ def full_batch_steps(model, optimizer, x, y, steps, pass_loss=True, loss_fn=mse)
             return loss
 
         for _ in range(steps):
-            losses.append(float(train_step()))
+            for x_batch, y_batch in zip(x_batches, y_batches):
+                loss = train_step(x_batch, y_batch)
+            losses.append(float(loss))
             history.append(weights_of(variables))
     else:
         import torch
 
         for _ in range(steps):
-            model.zero_grad()
-            loss = loss_fn(y, model(x, training=True))
-            loss.backward()
-            grads = [v.value.grad for v in variables]
-            with torch.no_grad():
-                optimizer.apply(
-                    grads, variables, loss=loss.detach() if pass_loss else None
-                )
+            for x_batch, y_batch in zip(x_batches, y_batches):
+                model.zero_grad()
+                loss = loss_fn(y_batch, model(x_batch, training=True))
+                loss.backward()
+                grads = [v.value.grad for v in variables]
+                with torch.no_grad():
+                    optimizer.apply(
+                        grads,
+                        variables,
+                        loss=loss.detach() if pass_loss else None,
+                    )
             losses.append(float(loss.detach()))
             history.append(weights_of(variables))
     return history, losses
