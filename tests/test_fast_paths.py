@@ -1,0 +1,205 @@
+"""The fast update paths give the results of the per-variable reference path.
+
+The fast path of each backend is the way its trainer runs the update:
+PyTorch's multi-tensor path (buckets of concatenated or sliced tensors), a
+`tf.function` compiled with XLA on TensorFlow, and a jitted
+`stateless_apply` with the parameters and the state donated on JAX. Each is
+compared with the per-variable path run eagerly, and with the float64 NumPy
+reference of `tests/reference.py`.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rprop
+from tests.reference import ReferenceRprop
+
+BACKEND = keras.backend.backend()
+
+# One tensor larger than the (test-sized) bucket, so that it is cut into
+# slices with a remainder, and small ones of odd sizes, a scalar included,
+# that are concatenated into shared buckets.
+SHAPES = [(2500,), (40, 30), (7,), (), (3, 4, 5), (300,), (11, 13)]
+TEST_BUCKET_SIZE = 1000
+LOSSES = [1.0, 0.8, 0.9, 0.7, 0.75, 0.6]
+LEARNING_RATE = 0.7
+
+
+def _gradient_sequence(shapes, steps, seed=0):
+    """Gradients whose signs flip often and that hold exact zeros."""
+    rng = np.random.default_rng(seed)
+    sequence = []
+    for _ in range(steps):
+        grads = []
+        for shape in shapes:
+            grad = rng.standard_normal(shape)
+            grad = np.where(rng.random(shape) < 0.2, 0.0, grad)
+            grads.append(grad.astype("float32"))
+        sequence.append(grads)
+    return sequence
+
+
+def _initial_weights(shapes, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype("float32") for shape in shapes]
+
+
+@pytest.fixture
+def small_buckets(monkeypatch):
+    """Makes the multi-tensor path cut and merge the test's small tensors."""
+    if BACKEND == "torch":
+        from keras_rprop.optimizers import multi_tensor
+
+        monkeypatch.setattr(multi_tensor, "BUCKET_SIZE", TEST_BUCKET_SIZE)
+
+
+def _run(variant, path, weights, gradients, dtypes=None, calls=None):
+    """Trains `weights` on `gradients`; returns weights, step sizes, signs.
+
+    Args:
+        path: `"fast"` for the backend's fast path, `"reference"` for the
+            per-variable path run eagerly.
+        calls: Optional list that receives one entry per multi-tensor update
+            (PyTorch), to show that the fast path ran.
+    """
+    dtypes = dtypes or ["float32"] * len(weights)
+    variables = [
+        keras.Variable(w, dtype=d) for w, d in zip(weights, dtypes)
+    ]
+    optimizer = keras_rprop.Rprop(variant=variant, learning_rate=LEARNING_RATE)
+    optimizer.build(variables)
+    if path == "reference" and BACKEND == "torch":
+        optimizer._use_multi_tensor_path = lambda variables: False
+    if path == "fast" and BACKEND == "torch" and calls is not None:
+        from keras_rprop.optimizers import multi_tensor
+
+        update = multi_tensor.update
+
+        def counting_update(*args, **kwargs):
+            calls.append(1)
+            return update(*args, **kwargs)
+
+        multi_tensor.update = counting_update
+    try:
+        _train(optimizer, variables, path, gradients, dtypes)
+    finally:
+        if path == "fast" and BACKEND == "torch" and calls is not None:
+            multi_tensor.update = update
+    return (
+        [keras.ops.convert_to_numpy(v) for v in variables],
+        [keras.ops.convert_to_numpy(s) for s in optimizer._steps],
+        [keras.ops.convert_to_numpy(s) for s in optimizer._signs],
+    )
+
+
+def _train(optimizer, variables, path, gradients, dtypes):
+    losses = [np.float32(loss) for loss in LOSSES]
+    if path == "reference" or BACKEND == "torch":
+        for grads, loss in zip(gradients, losses):
+            grads = [keras.ops.convert_to_tensor(g) for g in grads]
+            optimizer.apply(grads, variables, loss=loss)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def apply(grads, loss):
+            optimizer.apply(grads, variables, loss=loss)
+
+        for grads, loss in zip(gradients, losses):
+            apply([tf.constant(g) for g in grads], tf.constant(loss))
+    else:
+        import jax
+
+        def stateless_apply(params, state, grads, loss):
+            return optimizer.stateless_apply(state, grads, params, loss=loss)
+
+        # As the JAX trainer runs it: jitted, parameters and state donated.
+        apply = jax.jit(stateless_apply, donate_argnums=(0, 1))
+        params = [v.value for v in variables]
+        state = [v.value for v in optimizer.variables]
+        for grads, loss in zip(gradients, losses):
+            grads = [jax.numpy.asarray(g) for g in grads]
+            params, state = apply(params, state, grads, loss)
+        for variable, value in zip(variables, params):
+            variable.assign(value)
+        for variable, value in zip(optimizer.variables, state):
+            variable.assign(value)
+
+
+def _assert_same_results(fast, reference):
+    (weights, steps, signs), (ref_weights, ref_steps, ref_signs) = (
+        fast,
+        reference,
+    )
+    # The step sizes and signs come out of comparisons, `where` and exact
+    # products by the same factors: bit for bit on every path.
+    for a, b in zip(steps + signs, ref_steps + ref_signs):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(weights, ref_weights):
+        assert a.dtype == b.dtype
+        a, b = a.astype("float64"), b.astype("float64")
+        if BACKEND == "torch":
+            # The same eager operations on slices and concatenations.
+            np.testing.assert_array_equal(a, b)
+        else:
+            # XLA may contract `weight + move * learning_rate` into one
+            # fused multiply-add, which rounds once instead of twice.
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
+def test_fast_path_matches_per_variable_path(variant, small_buckets):
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    calls = []
+    fast = _run(variant, "fast", weights, gradients, calls=calls)
+    reference = _run(variant, "reference", weights, gradients)
+    if BACKEND == "torch":
+        assert len(calls) == len(LOSSES)
+    _assert_same_results(fast, reference)
+
+
+@pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
+def test_fast_path_matches_float64_reference(variant, small_buckets):
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    fast_weights, fast_steps, fast_signs = _run(
+        variant, "fast", weights, gradients
+    )
+
+    reference = ReferenceRprop(variant, SHAPES)
+    params = [w.astype("float64") for w in weights]
+    for grads, loss in zip(gradients, LOSSES):
+        params = reference.step(
+            params, grads, loss=loss, learning_rate=LEARNING_RATE
+        )
+    assert reference.sign_changes > 0
+    for got, expected in zip(fast_weights, params):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(fast_steps, reference.delta):
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    for got, expected in zip(fast_signs, reference.previous_gradient):
+        np.testing.assert_array_equal(got, np.sign(expected))
+
+
+def test_fast_path_with_mixed_dtypes(small_buckets):
+    # float64 weights keep float64 step sizes; bfloat16 ones get float32
+    # step sizes and a move rounded to bfloat16, on every path alike.
+    dtypes = ["float32", "float64", "bfloat16", "float32", "float64"]
+    shapes = [(1500,), (40, 30), (300,), (7,), ()]
+    weights = _initial_weights(shapes)
+    gradients = _gradient_sequence(shapes, len(LOSSES))
+    fast = _run("rprop+", "fast", weights, gradients, dtypes=dtypes)
+    reference = _run("rprop+", "reference", weights, gradients, dtypes=dtypes)
+    _assert_same_results(fast, reference)
+
+
+def test_nan_gradient_gives_nan_weight_on_fast_path(small_buckets):
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    gradients[-1][0][17] = np.nan
+    fast_weights, _, _ = _run("irprop-", "fast", weights, gradients)
+    assert np.isnan(fast_weights[0][17])
+    assert np.isfinite(np.delete(fast_weights[0], 17)).all()
