@@ -80,6 +80,14 @@ def build_parser():
         help="Keras backend; default: KERAS_BACKEND or Keras's configured one",
     )
     compare.add_argument(
+        "--engine",
+        choices=("loop", "fit"),
+        default="loop",
+        help="loop: a compiled training step per backend (fast, default); "
+        "fit: keras_rprop.fit_full_batch and model.fit (same weights, "
+        "slower)",
+    )
+    compare.add_argument(
         "--output",
         default=None,
         metavar="DIR",
@@ -130,7 +138,9 @@ def main(argv=None):
 
     try:
         # Unknown names fail here, before anything is trained.
-        runner.resolve(args.problems, args.optimizers, 1, args.epochs)
+        runner.resolve(
+            args.problems, args.optimizers, 1, args.epochs, args.engine
+        )
     except ValueError as error:
         parser.exit(2, f"keras-rprop compare: error: {error}\n")
     compare.run(
@@ -139,6 +149,7 @@ def main(argv=None):
         seeds=args.seeds or compare.DEFAULT_SEEDS,
         epochs=args.epochs,
         output=args.output or compare.DEFAULT_OUTPUT,
+        engine=args.engine,
         verbose=not args.quiet,
         command=" ".join(["keras-rprop", *argv]),
     )

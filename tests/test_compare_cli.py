@@ -146,3 +146,21 @@ def test_list_in_another_backend(capfd):
     for name in problems.PROBLEMS:
         assert f"  {name} " in printed
     assert not os.path.exists("compare-results")
+
+
+def test_seeds_share_a_compiled_step_without_sharing_state():
+    """A reset trainer gives the same run as a fresh one."""
+    shared = list(runner.run_seeds("encoder", "irprop+", [0, 1], epochs=6))
+    fresh = list(runner.run_seeds("encoder", "irprop+", [1], epochs=6))
+    np.testing.assert_allclose(shared[1].losses, fresh[0].losses, rtol=1e-6)
+    assert not np.allclose(shared[0].losses, shared[1].losses)
+
+
+@pytest.mark.parametrize("optimizer", ["irprop+", "adam"])
+def test_fit_engine_trains_the_same_weights(optimizer):
+    """`fit_full_batch` and the compiled loop agree step by step."""
+    loop = next(runner.run_seeds("encoder", optimizer, [2], epochs=5))
+    fit = next(
+        runner.run_seeds("encoder", optimizer, [2], epochs=5, engine="fit")
+    )
+    np.testing.assert_allclose(fit.losses, loop.losses, rtol=1e-5)

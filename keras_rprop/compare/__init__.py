@@ -45,6 +45,7 @@ def run(
     seeds=DEFAULT_SEEDS,
     epochs=None,
     output=DEFAULT_OUTPUT,
+    engine="loop",
     verbose=True,
     command=None,
 ):
@@ -61,6 +62,10 @@ def run(
         output: Folder for `table.md`, `runs.csv`, `results.json` and
             `loss_curves.png` (created if missing), or `None` to write
             nothing.
+        engine: How to train: `"loop"`, a compiled step per backend that
+            hands the loss to the optimizer (fast), or `"fit"`, Keras's
+            `fit` through `keras_rprop.fit_full_batch` (the same weights,
+            slower). See `keras_rprop.compare.trainers`.
         verbose: Whether to print one line per run and the tables.
         command: The command line to record with the results.
 
@@ -74,12 +79,13 @@ def run(
         optimizers=optimizers,
         seeds=seeds,
         epochs=epochs,
+        engine=engine,
         log=log,
     )
     total_time = time.perf_counter() - start
     backend = keras.backend.backend()
     header = (
-        f"Keras {keras.__version__}, backend {backend}, "
+        f"Keras {keras.__version__}, backend {backend}, engine {engine}, "
         f"{len(results)} runs in {total_time:.0f} s."
     )
     if command:
@@ -95,7 +101,7 @@ def run(
         report.write_json(
             results,
             os.path.join(output, JSON_FILE),
-            metadata=_metadata(command, backend, total_time),
+            metadata=_metadata(command, backend, engine, total_time),
         )
         plot.plot_loss_curves(results, os.path.join(output, PLOT_FILE))
         if verbose:
@@ -108,12 +114,13 @@ def print_flush(line):
     print(line, flush=True)
 
 
-def _metadata(command, backend, total_time):
+def _metadata(command, backend, engine, total_time):
     from keras_rprop import __version__
 
     return {
         "command": command,
         "backend": backend,
+        "engine": engine,
         "keras_version": keras.__version__,
         "keras_rprop_version": __version__,
         "python": sys.version.split()[0],

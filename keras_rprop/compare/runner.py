@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from keras_rprop.compare import problems as problems_lib
+from keras_rprop.compare import trainers
 from keras_rprop.optimizers import Rprop
 from keras_rprop.rule import VARIANTS
 
@@ -131,7 +132,8 @@ class RunResult:
             or below the problem's target, or `None` if it never was.
         final_loss: Training loss after the last epoch.
         test_metric: Test accuracy, or test RMSE for regression.
-        wall_time: Seconds spent training, compilation included.
+        wall_time: Seconds spent training. The first seed of each
+            optimizer also pays for compiling the training step.
     """
 
     problem: str
@@ -147,76 +149,64 @@ class RunResult:
     wall_time: float
 
 
-def train(model, optimizer, problem, data, epochs, batch_size, seed):
-    """Trains `model` on `data`; the one place that does the training.
-
-    Returns:
-        The training losses before training and after each epoch.
-    """
-    from keras_rprop.compare import loops
-
-    loss_fn = keras.losses.get(problem.loss)
-    return loops.train(
-        model,
-        optimizer,
-        loss_fn,
-        data.x_train,
-        data.y_train,
-        epochs,
-        batch_size=batch_size,
-        seed=seed,
-    )
-
-
 def epochs_to_target(losses, target):
     """First epoch whose loss is at or below `target`, or `None`."""
     reached = np.flatnonzero(np.asarray(losses) <= target)
     return int(reached[0]) if reached.size else None
 
 
-def run_one(problem, spec, seed, epochs=None, data=None):
-    """Trains one optimizer on one problem from the weights of `seed`.
+def run_seeds(problem, spec, seeds, epochs=None, data=None, engine="loop"):
+    """Trains one optimizer on one problem from the weights of each seed.
+
+    The model and its compiled training step are made once and reset to the
+    initial weights of every seed (and the optimizer to its initial state).
 
     Args:
         problem: A `Problem` or its name.
         spec: An `OptimizerSpec` or its name (`"name:rate"` allowed).
-        seed: Integer seed of the initial weights (and of the shuffling).
+        seeds: List of integer seeds of the initial weights (and of the
+            shuffling of mini-batches).
         epochs: Epoch budget; defaults to the problem's.
         data: The problem's data, if already loaded.
+        engine: `"loop"` or `"fit"`, see `trainers`.
 
-    Returns:
-        A `RunResult`.
+    Yields:
+        A `RunResult` per seed.
     """
     if isinstance(problem, str):
         problem = problems_lib.get_problem(problem)
     spec = get_optimizer(spec)
     data = data if data is not None else problem.load()
     epochs = problem.epochs if epochs is None else epochs
-    # Frees the previous run's graphs and layer names; a full garbage
+    # Frees the previous model's graphs and layer names; a full garbage
     # collection would cost more than a small run.
     keras.utils.clear_session(free_memory=False)
-    model = problem.build_model(data, seed)
-    start = time.perf_counter()
-    losses = train(
-        model, spec.make(), problem, data, epochs, spec.batch_size, seed
-    )
-    wall_time = time.perf_counter() - start
-    predictions = keras.ops.convert_to_numpy(
-        model(data.x_test, training=False)
-    )
-    return RunResult(
-        problem=problem.name,
-        optimizer=spec.label,
-        seed=int(seed),
-        backend=keras.backend.backend(),
-        epochs=int(epochs),
-        batch_size=spec.batch_size,
-        losses=losses,
-        epochs_to_target=epochs_to_target(losses, problem.target_loss),
-        final_loss=float(losses[-1]),
-        test_metric=problem.test_metric(data, predictions),
-        wall_time=wall_time,
-    )
+    model = problem.build_model(data, seeds[0])
+    trainer = trainers.make_trainer(model, spec.make(), problem.loss, engine)
+    shapes = [tuple(w.shape) for w in model.weights]
+    for seed in seeds:
+        trainer.reset(problems_lib.initial_weights(shapes, seed))
+        start = time.perf_counter()
+        losses = trainer.train(
+            data.x_train, data.y_train, epochs, spec.batch_size, seed
+        )
+        wall_time = time.perf_counter() - start
+        predictions = keras.ops.convert_to_numpy(
+            model(data.x_test, training=False)
+        )
+        yield RunResult(
+            problem=problem.name,
+            optimizer=spec.label,
+            seed=int(seed),
+            backend=keras.backend.backend(),
+            epochs=int(epochs),
+            batch_size=spec.batch_size,
+            losses=losses,
+            epochs_to_target=epochs_to_target(losses, problem.target_loss),
+            final_loss=float(losses[-1]),
+            test_metric=problem.test_metric(data, predictions),
+            wall_time=wall_time,
+        )
 
 
 def _seed_list(seeds):
@@ -238,7 +228,7 @@ def _seed_list(seeds):
     return [int(s) for s in seeds]
 
 
-def resolve(problems, optimizers, seeds, epochs):
+def resolve(problems, optimizers, seeds, epochs, engine="loop"):
     """Checks the arguments of `run_comparison` and resolves the names.
 
     Returns:
@@ -268,11 +258,21 @@ def resolve(problems, optimizers, seeds, epochs):
             "Argument `epochs` must be a positive integer. "
             f"Received: epochs={epochs!r}"
         )
+    if engine not in trainers.ENGINES:
+        raise ValueError(
+            f"Argument `engine` must be one of {trainers.ENGINES}. "
+            f"Received: engine={engine!r}"
+        )
     return problems, specs, _seed_list(seeds)
 
 
 def run_comparison(
-    problems=None, optimizers=None, seeds=5, epochs=None, log=print
+    problems=None,
+    optimizers=None,
+    seeds=5,
+    epochs=None,
+    engine="loop",
+    log=print,
 ):
     """Trains every optimizer on every problem for every seed.
 
@@ -283,19 +283,23 @@ def run_comparison(
             defaults to all of `OPTIMIZERS`.
         seeds: Number of seeds (0, 1, ...) or a list of seeds.
         epochs: Epoch budget for every problem; defaults to each problem's.
+        engine: `"loop"` (a compiled step per backend) or `"fit"` (Keras's
+            `fit`, through `keras_rprop.fit_full_batch` for full batches).
         log: Function called with one line of progress per run, or `None`.
 
     Returns:
-        A list of `RunResult`, problem by problem, seed by seed.
+        A list of `RunResult`: problem by problem, optimizer by optimizer,
+        seed by seed.
     """
-    problems, specs, seeds = resolve(problems, optimizers, seeds, epochs)
+    problems, specs, seeds = resolve(
+        problems, optimizers, seeds, epochs, engine
+    )
     total = len(problems) * len(specs) * len(seeds)
     results = []
     for problem in problems:
         data = problem.load()
-        for seed in seeds:
-            for spec in specs:
-                result = run_one(problem, spec, seed, epochs, data)
+        for spec in specs:
+            for result in run_seeds(problem, spec, seeds, epochs, data, engine):
                 results.append(result)
                 if log:
                     log(_progress_line(len(results), total, problem, result))
