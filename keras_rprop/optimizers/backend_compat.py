@@ -73,3 +73,20 @@ def propagate_nan(move, gradient):
 
         return torch.where(torch.isnan(gradient), gradient, move)
     return move
+
+
+def sign_dtype():
+    """The dtype of the stored signs (-1, 0 or +1) of new optimizer state.
+
+    `int8` everywhere but under `tf.distribute.MultiWorkerMirroredStrategy`,
+    which broadcasts initial values between workers with a collective that
+    has no `int8` kernel; `float16` holds the three values exactly in the
+    next smallest size.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return "float16"
+    return "int8"

@@ -238,7 +238,9 @@ class Rprop(keras.optimizers.Optimizer):
                 )
             )
             self._signs.append(
-                self._add_slot(variable, "sign", SIGN_DTYPE, "zeros")
+                self._add_slot(
+                    variable, "sign", backend_compat.sign_dtype(), "zeros"
+                )
             )
 
     def _add_slot(self, variable, name, dtype, initializer):
@@ -426,7 +428,7 @@ class Rprop(keras.optimizers.Optimizer):
         )
         move = backend_compat.propagate_nan(move, gradient)
         self.assign(step_variable, new_step)
-        self.assign(sign_variable, ops.cast(new_sign, SIGN_DTYPE))
+        self.assign(sign_variable, ops.cast(new_sign, sign_variable.dtype))
         self.assign_add(variable, ops.cast(move, variable.dtype))
 
     def _rule_arguments(self, learning_rate, dtype):
