@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_rprop.optimizers import backend_compat
 from keras_rprop.training.loss_channel import apply_with_loss
+from keras_rprop.training.loss_channel import stateless_apply_with_loss
 
 
 class GradientAccumulator(keras.metrics.Metric):
@@ -95,6 +96,7 @@ class ApplyAccumulated(keras.callbacks.Callback):
     def __init__(self, accumulator):
         super().__init__()
         self.accumulator = accumulator
+        self._compiled_apply = None
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps") if self.params else None
@@ -107,30 +109,90 @@ class ApplyAccumulated(keras.callbacks.Callback):
     def apply(self):
         """Applies one optimizer step with the accumulated gradient."""
         model = self.model
-        if keras.backend.backend() == "jax":
+        backend = keras.backend.backend()
+        if backend == "jax":
             # The JAX trainer keeps the state outside the variables during
             # an epoch; after this it reads them back.
             model.jax_state_sync()
-        samples = float(ops.convert_to_numpy(self.accumulator.samples))
-        if samples == 0.0:
+        if float(ops.convert_to_numpy(self.accumulator.samples)) == 0.0:
             return
-        grads = [
-            ops.divide(total, ops.cast(samples, total.dtype))
-            for total in self.accumulator.gradient_sums
-        ]
-        loss = ops.divide(self.accumulator.loss_sum, samples)
-        variables = model.trainable_variables
-        grads = [ops.cast(g, v.dtype) for g, v in zip(grads, variables)]
-        if keras.backend.backend() == "torch":
-            import torch
-
-            with torch.no_grad():
-                apply_with_loss(model.optimizer, grads, variables, loss)
-        else:
-            apply_with_loss(model.optimizer, grads, variables, loss)
+        if self._compiled_apply is None:
+            self._compiled_apply = _COMPILERS[backend](model, self.accumulator)
+        self._compiled_apply()
         self.accumulator.clear()
-        if keras.backend.backend() == "jax":
-            _unshare_buffers(variables + list(model.optimizer.variables))
+        if backend == "jax":
+            _unshare_buffers(
+                model.trainable_variables + list(model.optimizer.variables)
+            )
+
+
+def _mean_gradients_and_loss(accumulator, variables):
+    samples = accumulator.samples
+    grads = [
+        ops.cast(ops.divide(total, ops.cast(samples, total.dtype)), v.dtype)
+        for total, v in zip(accumulator.gradient_sums, variables)
+    ]
+    return grads, ops.divide(accumulator.loss_sum, samples)
+
+
+def _tensorflow_apply(model, accumulator):
+    import tensorflow as tf
+
+    @tf.function
+    def apply():
+        variables = model.trainable_variables
+        grads, loss = _mean_gradients_and_loss(accumulator, variables)
+        apply_with_loss(model.optimizer, grads, variables, loss)
+
+    return apply
+
+
+def _jax_apply(model, accumulator):
+    import jax
+
+    def stateless(trainable, optimizer_state, metric_state):
+        mapping = list(zip(accumulator.variables, metric_state))
+        with keras.StatelessScope(state_mapping=mapping):
+            grads, loss = _mean_gradients_and_loss(
+                accumulator, model.trainable_variables
+            )
+        return stateless_apply_with_loss(
+            model.optimizer, optimizer_state, grads, trainable, loss
+        )
+
+    stateless = jax.jit(stateless)
+
+    def apply():
+        trainable, optimizer_state = stateless(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.optimizer.variables],
+            [v.value for v in accumulator.variables],
+        )
+        for variable, value in zip(model.trainable_variables, trainable):
+            variable.assign(value)
+        for variable, value in zip(model.optimizer.variables, optimizer_state):
+            variable.assign(value)
+
+    return apply
+
+
+def _torch_apply(model, accumulator):
+    import torch
+
+    def apply():
+        variables = model.trainable_variables
+        with torch.no_grad():
+            grads, loss = _mean_gradients_and_loss(accumulator, variables)
+            apply_with_loss(model.optimizer, grads, variables, loss)
+
+    return apply
+
+
+_COMPILERS = {
+    "tensorflow": _tensorflow_apply,
+    "jax": _jax_apply,
+    "torch": _torch_apply,
+}
 
 
 def _unshare_buffers(variables):

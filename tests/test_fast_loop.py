@@ -1,0 +1,85 @@
+"""The fast full-batch loop: `fit_full_batch(..., steps_per_epoch=k)`.
+
+`k` optimizer steps per epoch in one compiled call must train exactly the
+weights of `k` one-step epochs, and the callbacks must see epochs of `k`
+steps with the logs of each epoch's last step.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rprop
+
+
+def make_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = np.sin(x.sum(axis=1, keepdims=True)).astype("float32")
+    return x, y
+
+
+def make_model(variant):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                4,
+                activation="tanh",
+                kernel_regularizer=keras.regularizers.L2(0.01),
+            ),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras_rprop.Rprop(variant), loss="mse")
+    return model
+
+
+# rprop+ reverts moves with the learning rate of the previous step and
+# irprop+ compares the loss of consecutive steps: both carry state from one
+# step to the next inside the loop.
+@pytest.mark.parametrize("variant", ["rprop+", "irprop+"])
+def test_steps_per_epoch_trains_the_same_weights(variant):
+    x, y = make_data()
+    plain = make_model(variant)
+    plain_history = keras_rprop.fit_full_batch(
+        plain, x, y, epochs=20, verbose=0
+    )
+    fast = make_model(variant)
+    fast_history = keras_rprop.fit_full_batch(
+        fast, x, y, epochs=4, steps_per_epoch=5, verbose=0
+    )
+    for fast_weights, plain_weights in zip(
+        fast.get_weights(), plain.get_weights()
+    ):
+        np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
+    assert int(fast.optimizer.iterations) == 20
+    # One History entry per epoch of 5 steps, with its last step's loss.
+    np.testing.assert_allclose(
+        fast_history.history["loss"],
+        plain_history.history["loss"][4::5],
+        rtol=1e-5,
+    )
+
+
+def test_early_stopping_counts_epochs_of_steps():
+    x, y = make_data()
+    model = make_model("irprop-")
+    stop = keras.callbacks.EarlyStopping(
+        monitor="loss", patience=1, min_delta=1e3
+    )
+    history = keras_rprop.fit_full_batch(
+        model, x, y, epochs=10, steps_per_epoch=3, callbacks=[stop], verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations) == 6
+    assert "train_step" not in model.__dict__
+
+
+def test_progress_bar_shows_epochs(capsys):
+    x, y = make_data()
+    model = make_model("irprop-")
+    keras_rprop.fit_full_batch(model, x, y, epochs=2, steps_per_epoch=3)
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "loss:" in out
