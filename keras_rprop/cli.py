@@ -170,7 +170,7 @@ def _listing():
         lines.append(
             f"  {problem.name:<14} {problem.summary}.\n"
             f"  {'':<14} hidden {network} {problem.activation}, output "
-            f"{problem.output_activation}, loss {problem.loss}, target "
+            f"{problem.output_activation}, loss {problem.loss_label}, target "
             f"{problem.target_loss:g}, {problem.epochs} epochs, "
             f"{problem.metric_name}"
         )

@@ -20,8 +20,15 @@ def datasets():
 
 def test_default_problems_are_registered():
     assert set(problems.DEFAULT_PROBLEMS) <= set(problems.PROBLEMS)
-    assert {"encoder", "parity", "two-spirals", "breast-cancer", "wine",
-            "digits", "diabetes"} <= set(problems.PROBLEMS)
+    assert {
+        "encoder",
+        "parity",
+        "two-spirals",
+        "breast-cancer",
+        "wine",
+        "digits",
+        "diabetes",
+    } <= set(problems.PROBLEMS)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -63,7 +70,10 @@ def test_parity_targets():
         for bits in itertools.product((0, 1), repeat=4)
     }
     assert len(data.x_train) == 16
-    got = {tuple(x.astype(int)): int(y[0]) for x, y in zip(data.x_train, data.y_train)}
+    got = {
+        tuple(x.astype(int)): int(y[0])
+        for x, y in zip(data.x_train, data.y_train)
+    }
     assert got == expected
 
 
@@ -90,7 +100,9 @@ def test_two_spirals_geometry():
         ("diabetes", 309, 133, 10),
     ],
 )
-def test_sklearn_sets_split_and_standardized(name, n_train, n_test, n_features, datasets):
+def test_sklearn_sets_split_and_standardized(
+    name, n_train, n_test, n_features, datasets
+):
     data = datasets[name]
     assert data.x_train.shape == (n_train, n_features)
     assert data.x_test.shape == (n_test, n_features)
@@ -143,8 +155,11 @@ def test_initial_weights_depend_only_on_the_seed(datasets):
 
 def test_test_metrics_by_hand():
     binary = problems.PROBLEMS["encoder"]
-    data = problems.Dataset(None, None, None, np.array([[1.0, 0.0], [1.0, 1.0]]))
-    assert binary.test_metric(data, [[0.9, 0.6], [0.2, 0.7]]) == 0.5
+    data = problems.Dataset(
+        None, None, None, np.array([[1.0, 0.0], [1.0, 1.0]])
+    )
+    # The encoder's outputs are logits: positive means 1.
+    assert binary.test_metric(data, [[2.0, 0.4], [-1.0, 3.0]]) == 0.5
     multiclass = problems.PROBLEMS["wine"]
     data = problems.Dataset(None, None, None, np.array([2, 0, 1]))
     predictions = [[0.1, 0.2, 0.7], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1]]
@@ -177,16 +192,30 @@ def test_bad_names_raise():
         runner.resolve(None, None, 1, 2.5)
     with pytest.raises(ValueError, match="`task`"):
         problems.register(
-            problems.Problem("x", "", lambda: None, (1,), "tanh", "linear",
-                             "mse", 0.1, 1, "ranking")
+            problems.Problem(
+                "x",
+                "",
+                lambda: None,
+                (1,),
+                "tanh",
+                "linear",
+                "mse",
+                0.1,
+                1,
+                "ranking",
+            )
         )
 
 
 def test_optimizer_learning_rate_override():
     spec = runner.get_optimizer("sgd:0.5")
     assert spec.label == "sgd:0.5"
-    assert float(keras.ops.convert_to_numpy(spec.make().learning_rate)) == pytest.approx(0.5)
-    assert float(keras.ops.convert_to_numpy(runner.get_optimizer("adam").make().learning_rate)) == (
-        pytest.approx(keras.optimizers.Adam().learning_rate)
-    )
+    assert float(
+        keras.ops.convert_to_numpy(spec.make().learning_rate)
+    ) == pytest.approx(0.5)
+    assert float(
+        keras.ops.convert_to_numpy(
+            runner.get_optimizer("adam").make().learning_rate
+        )
+    ) == (pytest.approx(keras.optimizers.Adam().learning_rate))
     assert runner.get_optimizer("irprop+").make().variant == "irprop+"

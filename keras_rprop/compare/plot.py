@@ -71,9 +71,15 @@ def plot_loss_curves(results, path, title=None, dpi=90):
             problem.target_loss, color="gray", linestyle=":", linewidth=1
         )
         axes.set_yscale("log")
+        # Below a thousandth of the target, curves only show float32
+        # round-off; the table gives the final losses.
+        bottom, top = axes.get_ylim()
+        axes.set_ylim(max(bottom, problem.target_loss / 1000), top)
         axes.set_title(name)
         axes.set_xlabel("epoch")
-        axes.set_ylabel(f"training loss ({problem.loss})", fontsize="small")
+        axes.set_ylabel(
+            f"training loss, {problem.loss_label}", fontsize="small"
+        )
         axes.grid(True, which="major", alpha=0.3)
     for axes in axes_list[len(names) :]:
         axes.set_visible(False)

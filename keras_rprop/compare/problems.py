@@ -56,7 +56,12 @@ class Problem:
         hidden: Sizes of the hidden layers.
         activation: Activation of the hidden layers.
         output_activation: Activation of the output layer.
-        loss: Name of a Keras loss, averaged over the training set.
+        loss: Class name of a `keras.losses` loss (averaged over the
+            training set).
+        from_logits: Whether the loss takes logits; the output layer is
+            then linear. Cross-entropy on logits stays exact when the
+            network is very sure, where a loss on probabilities clips them
+            and loses the gradient of a confidently wrong output.
         target_loss: The training loss at which the problem counts as
             learned; "epochs to target" is the first epoch whose loss is at
             or below it.
@@ -76,6 +81,21 @@ class Problem:
     target_loss: float
     epochs: int
     task: str
+    from_logits: bool = False
+
+    @property
+    def loss_label(self):
+        """The loss as written in tables and plots."""
+        return self.loss + ("(from_logits=True)" if self.from_logits else "")
+
+    def make_loss(self):
+        """Returns a new instance of the problem's Keras loss."""
+        import keras
+
+        loss_class = getattr(keras.losses, self.loss)
+        if self.from_logits:
+            return loss_class(from_logits=True)
+        return loss_class()
 
     @property
     def metric_name(self):
@@ -107,9 +127,7 @@ class Problem:
         for units in self.hidden:
             layers.append(keras.layers.Dense(units, self.activation))
         layers.append(
-            keras.layers.Dense(
-                self.output_units(data), self.output_activation
-            )
+            keras.layers.Dense(self.output_units(data), self.output_activation)
         )
         model = keras.Sequential(layers, name=self.name.replace("-", "_"))
         model.set_weights(
@@ -121,7 +139,9 @@ class Problem:
         """Accuracy or error of `predictions` on the test set."""
         predictions = np.asarray(predictions, dtype="float64")
         if self.task == BINARY:
-            return float(np.mean((predictions > 0.5) == (data.y_test > 0.5)))
+            threshold = 0.0 if self.from_logits else 0.5
+            positive = predictions > threshold
+            return float(np.mean(positive == (data.y_test > 0.5)))
         if self.task == MULTICLASS:
             return float(np.mean(predictions.argmax(axis=-1) == data.y_test))
         error = predictions - data.y_test
@@ -226,13 +246,17 @@ def sklearn_data(loader, task, test_fraction=0.3):
     else:
         if task == REGRESSION:
             y_mean, y_scale = float(y_train.mean()), float(y_train.std())
-            y_train, y_test = (y_train - y_mean) / y_scale, (y_test - y_mean) / y_scale
+            y_train, y_test = (y_train - y_mean) / y_scale, (
+                y_test - y_mean
+            ) / y_scale
         y_train = y_train.reshape(-1, 1).astype("float32")
         y_test = y_test.reshape(-1, 1).astype("float32")
     return Dataset(x_train, y_train, x_test, y_test, y_scale)
 
 
-def _sklearn(name, task):
+def sklearn_loader(name, task):
+    """Returns a `Problem.load` for `sklearn.datasets.load_<name>`."""
+
     def load():
         from sklearn import datasets
 
@@ -275,8 +299,9 @@ register(
         load=lambda: encoder_data(10),
         hidden=(5,),
         activation="sigmoid",
-        output_activation="sigmoid",
-        loss="binary_crossentropy",
+        output_activation="linear",
+        loss="BinaryCrossentropy",
+        from_logits=True,
         target_loss=0.01,
         epochs=300,
         task=BINARY,
@@ -291,8 +316,9 @@ register(
         load=lambda: parity_data(4),
         hidden=(8,),
         activation="tanh",
-        output_activation="sigmoid",
-        loss="binary_crossentropy",
+        output_activation="linear",
+        loss="BinaryCrossentropy",
+        from_logits=True,
         target_loss=0.01,
         epochs=500,
         task=BINARY,
@@ -307,8 +333,9 @@ register(
         load=two_spirals_data,
         hidden=(20, 20),
         activation="tanh",
-        output_activation="sigmoid",
-        loss="binary_crossentropy",
+        output_activation="linear",
+        loss="BinaryCrossentropy",
+        from_logits=True,
         target_loss=0.05,
         epochs=2000,
         task=BINARY,
@@ -320,13 +347,14 @@ register(
         name="breast-cancer",
         summary="Wisconsin diagnostic breast cancer (scikit-learn): 569 x 30, "
         "2 classes, 30-8-1 network",
-        load=_sklearn("breast_cancer", BINARY),
+        load=sklearn_loader("breast_cancer", BINARY),
         hidden=(8,),
         activation="tanh",
-        output_activation="sigmoid",
-        loss="binary_crossentropy",
+        output_activation="linear",
+        loss="BinaryCrossentropy",
+        from_logits=True,
         target_loss=0.05,
-        epochs=300,
+        epochs=100,
         task=BINARY,
     )
 )
@@ -335,11 +363,12 @@ register(
     Problem(
         name="wine",
         summary="Wine (scikit-learn): 178 x 13, 3 classes, 13-8-3 network",
-        load=_sklearn("wine", MULTICLASS),
+        load=sklearn_loader("wine", MULTICLASS),
         hidden=(8,),
         activation="tanh",
-        output_activation="softmax",
-        loss="sparse_categorical_crossentropy",
+        output_activation="linear",
+        loss="SparseCategoricalCrossentropy",
+        from_logits=True,
         target_loss=0.01,
         epochs=300,
         task=MULTICLASS,
@@ -351,11 +380,12 @@ register(
         name="digits",
         summary="Digits (scikit-learn): 1797 8x8 images, 10 classes, "
         "64-32-10 network",
-        load=_sklearn("digits", MULTICLASS),
+        load=sklearn_loader("digits", MULTICLASS),
         hidden=(32,),
         activation="tanh",
-        output_activation="softmax",
-        loss="sparse_categorical_crossentropy",
+        output_activation="linear",
+        loss="SparseCategoricalCrossentropy",
+        from_logits=True,
         target_loss=0.01,
         epochs=300,
         task=MULTICLASS,
@@ -367,11 +397,11 @@ register(
         name="diabetes",
         summary="Diabetes progression (scikit-learn): 442 x 10 regression, "
         "10-16-1 network, standardized target",
-        load=_sklearn("diabetes", REGRESSION),
+        load=sklearn_loader("diabetes", REGRESSION),
         hidden=(16,),
         activation="tanh",
         output_activation="linear",
-        loss="mean_squared_error",
+        loss="MeanSquaredError",
         target_loss=0.4,
         epochs=500,
         task=REGRESSION,

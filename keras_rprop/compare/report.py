@@ -63,6 +63,11 @@ def summarize(results):
 
 def _epochs_cell(row):
     if row["epochs_median"] is None:
+        if row["reached"]:
+            return (
+                f"not reached (reached: {row['epochs_min']}-"
+                f"{row['epochs_max']})"
+            )
         return "not reached"
     median = f"{row['epochs_median']:g}"
     return f"{median} ({row['epochs_min']}-{row['epochs_max']})"
@@ -131,7 +136,7 @@ def format_report(results, header=""):
         seeds = len({r.seed for r in results if r.problem == name})
         epochs = next(r.epochs for r in results if r.problem == name)
         parts.append(
-            f"## {name}\n\n{problem.summary}. Loss {problem.loss}, "
+            f"## {name}\n\n{problem.summary}. Loss {problem.loss_label}, "
             f"{epochs} epochs, {seeds} seed{'s' if seeds > 1 else ''}.\n\n"
             + format_table(
                 problem, [row for row in rows if row["problem"] == name]
@@ -189,7 +194,7 @@ def write_json(results, path, metadata=None):
             "hidden": list(problem.hidden),
             "activation": problem.activation,
             "output_activation": problem.output_activation,
-            "loss": problem.loss,
+            "loss": problem.loss_label,
             "target_loss": problem.target_loss,
             "metric": problem.metric_name,
         }

@@ -182,7 +182,9 @@ def run_seeds(problem, spec, seeds, epochs=None, data=None, engine="loop"):
     # collection would cost more than a small run.
     keras.utils.clear_session(free_memory=False)
     model = problem.build_model(data, seeds[0])
-    trainer = trainers.make_trainer(model, spec.make(), problem.loss, engine)
+    trainer = trainers.make_trainer(
+        model, spec.make(), problem.make_loss(), engine
+    )
     shapes = [tuple(w.shape) for w in model.weights]
     for seed in seeds:
         trainer.reset(problems_lib.initial_weights(shapes, seed))
@@ -240,7 +242,11 @@ def resolve(problems, optimizers, seeds, epochs, engine="loop"):
             f"Received: problems={problems!r}, optimizers={optimizers!r}"
         )
     problems = [
-        p if isinstance(p, problems_lib.Problem) else problems_lib.get_problem(p)
+        (
+            p
+            if isinstance(p, problems_lib.Problem)
+            else problems_lib.get_problem(p)
+        )
         for p in (problems or problems_lib.DEFAULT_PROBLEMS)
     ]
     specs = [get_optimizer(o) for o in (optimizers or DEFAULT_OPTIMIZERS)]

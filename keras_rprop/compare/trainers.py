@@ -32,7 +32,7 @@ def make_trainer(model, optimizer, loss, engine="loop"):
     Args:
         model: A built Keras model.
         optimizer: A fresh Keras optimizer; the trainer builds it.
-        loss: Name of a Keras loss, averaged over the batch.
+        loss: A Keras loss (instance or name) that averages over the batch.
         engine: `"loop"` or `"fit"` (see the module docstring).
 
     Returns:
@@ -277,6 +277,4 @@ class FitTrainer(Trainer):
         return np.array(losses, dtype="float64")
 
     def _full_loss(self, x, y):
-        return float(
-            self.model.evaluate(x, y, batch_size=len(x), verbose=0)
-        )
+        return float(self.model.evaluate(x, y, batch_size=len(x), verbose=0))
