@@ -104,9 +104,7 @@ def test_loss_scale_optimizer_skips_non_finite_step(bad):
     """
     variable = keras.Variable(np.array([1.0, 2.0, 3.0], "float32"))
     reference_variable = keras.Variable(np.array([1.0, 2.0, 3.0], "float32"))
-    optimizer = keras.optimizers.LossScaleOptimizer(
-        keras_rprop.Rprop("rprop+")
-    )
+    optimizer = keras.optimizers.LossScaleOptimizer(keras_rprop.Rprop("rprop+"))
     reference = keras_rprop.Rprop("rprop+")
     good = [
         np.array([1.0, -1.0, 1.0], "float32"),
@@ -137,7 +135,11 @@ def _regression_data():
 
 @pytest.mark.parametrize(
     "variant, policy",
-    [("irprop+", "float32"), ("rprop+", "float32"), ("irprop+", "mixed_float16")],
+    [
+        ("irprop+", "float32"),
+        ("rprop+", "float32"),
+        ("irprop+", "mixed_float16"),
+    ],
 )
 def test_fit_skips_nan_batches_with_loss_scale_optimizer(variant, policy):
     """Through `fit`, a batch whose loss and gradients are NaN is skipped.
@@ -285,9 +287,7 @@ def test_gradient_of_the_wrong_shape_is_rejected():
         ):
             optimizer.apply([ops.ones(grad_shape)], [variable])
         assert_same_state(before, state(optimizer))
-        np.testing.assert_array_equal(
-            numpy(variable), np.ones(variable_shape)
-        )
+        np.testing.assert_array_equal(numpy(variable), np.ones(variable_shape))
 
 
 @pytest.mark.skipif(
@@ -357,7 +357,9 @@ def test_checkpoint_of_another_variant_carries_the_state_over(tmp_path):
     saved.save_weights(path)
     model = _trained_model(keras_rprop.Rprop("irprop-"), steps=1)
     model.load_weights(path)
-    for got, expected in zip(model.optimizer.variables, saved.optimizer.variables):
+    for got, expected in zip(
+        model.optimizer.variables, saved.optimizer.variables
+    ):
         np.testing.assert_array_equal(numpy(got), numpy(expected))
     assert model.optimizer.variant == "irprop-"
 

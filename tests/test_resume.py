@@ -75,7 +75,7 @@ def test_killed_training_resumes_exactly(tmp_path):
     module = _load_child_module()
     _kill_when_ready(_child("crash", tmp_path), tmp_path / "ready")
     # The kill came one epoch after the last save: resuming must redo it.
-    metadata = (tmp_path / "backup_irpropplus" / "training_metadata.json")
+    metadata = tmp_path / "backup_irpropplus" / "training_metadata.json"
     assert metadata.exists()
 
     resume = _child("resume", tmp_path)

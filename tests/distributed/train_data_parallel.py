@@ -7,9 +7,10 @@ configured before the backend starts, which a test process cannot redo.
 
 ENGINE is `jax_data_parallel` (4 CPU devices), `tf_mirrored` (4 logical CPU
 devices) or `tf_multi_worker` (2 worker processes on 127.0.0.1, one CPU
-replica each). The JSON written holds, for each run, the final weights, the
-optimizer's loss variables, the per-step training losses and the full-data
-loss (in float64 NumPy) at the weights the last step started from.
+replica each; worker 0 writes the results). The JSON written holds, for
+each run on one device and data-parallel, the final weights, the optimizer's
+scalar variables and the full-data loss (in float64 NumPy) at the weights
+the last update started from.
 """
 
 import json

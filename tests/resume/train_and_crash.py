@@ -162,7 +162,10 @@ def resume(workdir):
                     batch_size=len(x),
                     epochs=EPOCHS,
                     verbose=0,
-                    callbacks=[keras.callbacks.BackupAndRestore(path), restored],
+                    callbacks=[
+                        keras.callbacks.BackupAndRestore(path),
+                        restored,
+                    ],
                 )
                 state = restored.state
             else:
