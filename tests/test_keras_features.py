@@ -259,9 +259,11 @@ def _fit_linear(epochs=40):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     model.set_weights([np.full((3, 1), 0.1, "float32"), np.zeros(1, "float32")])
     model.compile(optimizer=keras_rprop.Rprop(initial_step=0.05), loss="mse")
-    first = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, batch_size=len(x), epochs=epochs, shuffle=False, verbose=0)
-    return model, first, model.evaluate(x, y, verbose=0)
+    losses = model.fit(
+        x, y, batch_size=len(x), epochs=epochs, shuffle=False, verbose=0
+    ).history["loss"]
+    # The loss of each full-batch epoch is the loss before its step.
+    return model, losses[0], losses[-1]
 
 
 def test_mixed_float16_with_loss_scale_optimizer():
@@ -396,3 +398,17 @@ def test_state_is_five_bytes_per_float32_parameter(variant):
     adam = keras.optimizers.Adam()
     adam.build(model.trainable_variables)
     assert _slot_bytes_per_parameter(adam, model) == 8.0
+
+
+def test_state_bytes_for_16_and_64_bit_weights():
+    keras.mixed_precision.set_global_policy("bfloat16")
+    model = build_mlp(make_mlp_params(hidden=64), hidden=64)
+    optimizer = keras_rprop.Rprop()
+    optimizer.build(model.trainable_variables)
+    # float32 step sizes + int8 signs, whatever the 16-bit weight dtype.
+    assert _slot_bytes_per_parameter(optimizer, model) == 5.0
+    with float64_precision():
+        model = build_mlp(make_mlp_params(hidden=64), hidden=64)
+        optimizer = keras_rprop.Rprop()
+        optimizer.build(model.trainable_variables)
+        assert _slot_bytes_per_parameter(optimizer, model) == 9.0
