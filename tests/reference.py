@@ -55,7 +55,9 @@ class ReferenceRprop:
         self.sign_change_steps_loss_rose = 0
         self.sign_change_steps_loss_not_rose = 0
 
-    def step(self, params, grads, loss=None, learning_rate=1.0, weight_decay=0.0):
+    def step(
+        self, params, grads, loss=None, learning_rate=1.0, weight_decay=0.0
+    ):
         """Applies one step and returns the new parameters.
 
         Args:
@@ -89,7 +91,9 @@ class ReferenceRprop:
             self.sign_changes += int(shrink.sum())
 
             new_delta = delta.copy()
-            new_delta[grow] = np.minimum(delta[grow] * self.eta_plus, self.max_step)
+            new_delta[grow] = np.minimum(
+                delta[grow] * self.eta_plus, self.max_step
+            )
             new_delta[shrink] = np.maximum(
                 delta[shrink] * self.eta_minus, self.min_step
             )
@@ -98,10 +102,14 @@ class ReferenceRprop:
             stored = g.copy()
             # Cases g(t-1) * g(t) > 0 and == 0: a regular step.
             regular = grow | keep
-            change[regular] = -np.sign(g[regular]) * new_delta[regular] * learning_rate
+            change[regular] = (
+                -np.sign(g[regular]) * new_delta[regular] * learning_rate
+            )
             # Case g(t-1) * g(t) < 0.
             if self.variant == "rprop-":
-                change[shrink] = -np.sign(g[shrink]) * new_delta[shrink] * learning_rate
+                change[shrink] = (
+                    -np.sign(g[shrink]) * new_delta[shrink] * learning_rate
+                )
             elif self.variant == "rprop+":
                 change[shrink] = -change_prev[shrink]
                 stored[shrink] = 0.0
@@ -188,7 +196,9 @@ def train_reference(
         `ReferenceRprop` (for its branch counters).
     """
     params = [np.array(p, np.float64) for p in params]
-    rprop = ReferenceRprop(variant, [p.shape for p in params], **hyperparameters)
+    rprop = ReferenceRprop(
+        variant, [p.shape for p in params], **hyperparameters
+    )
     history, losses = [], []
     for _ in range(steps):
         loss, grads = mlp_loss_and_grads(params, x, y)

@@ -78,7 +78,9 @@ def test_wrong_types_and_non_finite_values(name):
 
 
 def test_integer_hyperparameters_are_accepted():
-    optimizer = keras_rprop.Rprop(initial_step=1, eta_plus=2, max_step=10, learning_rate=1)
+    optimizer = keras_rprop.Rprop(
+        initial_step=1, eta_plus=2, max_step=10, learning_rate=1
+    )
     assert optimizer.initial_step == 1.0 and optimizer.eta_plus == 2.0
     assert float(ops.convert_to_numpy(optimizer.learning_rate)) == 1.0
 
@@ -99,7 +101,13 @@ def test_non_scalar_loss():
 
 
 def test_scalar_losses_are_accepted():
-    for loss in [2.5, np.float32(2.5), np.array(2.5), 3, ops.convert_to_tensor(2.5)]:
+    for loss in [
+        2.5,
+        np.float32(2.5),
+        np.array(2.5),
+        3,
+        ops.convert_to_tensor(2.5),
+    ]:
         variable = keras.Variable(np.zeros(2, "float32"))
         optimizer = keras_rprop.Rprop(variant="irprop+")
         optimizer.apply([ops.ones((2,))], [variable], loss=loss)

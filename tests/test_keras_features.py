@@ -44,7 +44,9 @@ def _assert_history(history, expected, message=""):
 
 
 def _differs(a, b):
-    return any(not np.allclose(u, v, rtol=1e-5, atol=1e-9) for u, v in zip(a, b))
+    return any(
+        not np.allclose(u, v, rtol=1e-5, atol=1e-9) for u, v in zip(a, b)
+    )
 
 
 # -- Decoupled weight decay ------------------------------------------------
@@ -91,7 +93,9 @@ def test_use_ema_tracks_weights_and_finalizes(float64):
     # first step copies the weights).
     average = [np.array(w) for w in expected[0]]
     for weights in expected[1:]:
-        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        average = [
+            momentum * a + (1 - momentum) * w for a, w in zip(average, weights)
+        ]
     optimizer.finalize_variable_values(model.trainable_variables)
     assert_weights_close(model.get_weights(), average, message="ema average")
 
@@ -126,7 +130,12 @@ def test_gradient_accumulation_with_fit_equals_full_batch(float64, variant):
     )
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(
-        x, y, batch_size=len(x) // batches, epochs=epochs, shuffle=False, verbose=0
+        x,
+        y,
+        batch_size=len(x) // batches,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
     )
     # `iterations` counts the applied updates: one per epoch.
     assert int(ops.convert_to_numpy(optimizer.iterations)) == epochs
@@ -160,7 +169,9 @@ def test_constraint_is_applied_after_the_step(float64):
         [
             keras.Input((3,)),
             keras.layers.Dense(
-                6, activation="tanh", kernel_constraint=keras.constraints.NonNeg()
+                6,
+                activation="tanh",
+                kernel_constraint=keras.constraints.NonNeg(),
             ),
             keras.layers.Dense(1),
         ]
@@ -188,7 +199,9 @@ def _reference_with_learning_rates(variant, params, x, y, learning_rates):
     history = []
     for learning_rate in learning_rates:
         loss, grads = mlp_loss_and_grads(weights, x, y)
-        weights = rprop.step(weights, grads, loss=loss, learning_rate=learning_rate)
+        weights = rprop.step(
+            weights, grads, loss=loss, learning_rate=learning_rate
+        )
         history.append(weights)
     return history
 
@@ -238,7 +251,9 @@ def test_reduce_lr_on_plateau_scales_the_moves(float64):
         callbacks=[record, plateau],
     )
     assert learning_rates[0] == 1.0 and learning_rates[-1] <= 2.0**-5
-    expected = _reference_with_learning_rates("rprop+", params, x, y, learning_rates)
+    expected = _reference_with_learning_rates(
+        "rprop+", params, x, y, learning_rates
+    )
     assert_weights_close(model.get_weights(), expected[-1], message="plateau")
     constant, _, _ = train_reference("rprop+", params, x, y, epochs)
     assert _differs(expected[-1], constant[-1])
@@ -280,7 +295,9 @@ def test_mixed_float16_with_loss_scale_optimizer():
     _, _, w_true = _linear_problem()
     kernel = model.get_weights()[0]
     reference_kernel = float32_model.get_weights()[0]
-    np.testing.assert_array_equal(np.sign(kernel - 0.1), np.sign(reference_kernel - 0.1))
+    np.testing.assert_array_equal(
+        np.sign(kernel - 0.1), np.sign(reference_kernel - 0.1)
+    )
     np.testing.assert_allclose(kernel, w_true, atol=0.02)
     np.testing.assert_allclose(reference_kernel, w_true, atol=0.02)
 
@@ -358,7 +375,9 @@ def test_sparse_embedding_gradient_equals_dense():
     # Rows never looked up have a zero gradient: they never moved.
     before = make_model().get_weights()[0]
     embedding = sparse_model.get_weights()[0]
-    np.testing.assert_array_equal(embedding[[0, 2, 5, 6, 8, 9]], before[[0, 2, 5, 6, 8, 9]])
+    np.testing.assert_array_equal(
+        embedding[[0, 2, 5, 6, 8, 9]], before[[0, 2, 5, 6, 8, 9]]
+    )
     assert not np.array_equal(embedding[[1, 3, 4, 7]], before[[1, 3, 4, 7]])
 
 
@@ -385,7 +404,9 @@ def test_state_is_five_bytes_per_float32_parameter(variant):
     model = build_mlp(make_mlp_params(hidden=64), hidden=64)
     optimizer = keras_rprop.Rprop(variant=variant)
     optimizer.build(model.trainable_variables)
-    slots = [v for v in optimizer.variables if v.name.endswith(("_step", "_sign"))]
+    slots = [
+        v for v in optimizer.variables if v.name.endswith(("_step", "_sign"))
+    ]
     assert len(slots) == 2 * len(model.trainable_variables)
     assert {v.dtype for v in slots} == {"float32", "int8"}
     assert _slot_bytes_per_parameter(optimizer, model) == 5.0

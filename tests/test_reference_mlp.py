@@ -1,6 +1,5 @@
 """Fifty full-batch steps of a real Keras model against the NumPy reference."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -91,7 +90,11 @@ def test_named_class_matches_reference(float64, variant):
         "irprop-": keras_rprop.IRpropMinus,
     }
     hyperparameters = dict(
-        initial_step=0.05, eta_minus=0.4, eta_plus=1.3, min_step=1e-3, max_step=0.2
+        initial_step=0.05,
+        eta_minus=0.4,
+        eta_plus=1.3,
+        min_step=1e-3,
+        max_step=0.2,
     )
     x, y = make_regression_data(seed=3)
     params = make_mlp_params(seed=4)

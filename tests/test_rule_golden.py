@@ -209,7 +209,13 @@ def test_worked_example_pure_rule():
 def test_golden_tensor_steps(case):
     variant = case.split()[0]
     losses, expected = TENSOR_CASES[case]
-    args = (variant, TENSOR_START, TENSOR_GRADIENTS, losses, TENSOR_LEARNING_RATES)
+    args = (
+        variant,
+        TENSOR_START,
+        TENSOR_GRADIENTS,
+        losses,
+        TENSOR_LEARNING_RATES,
+    )
 
     reference = _reference_moves(*args, **TENSOR_HYPERPARAMETERS)
     for step, (got, want) in enumerate(zip(reference, expected)):
@@ -269,10 +275,15 @@ def test_pure_rule_single_step_all_cases():
         expected_move[2:4] = flip_moves
         expected_sign = [1, -1] + flip_signs + [0, 1]
         np.testing.assert_allclose(
-            ops.convert_to_numpy(move), expected_move, rtol=1e-6, atol=1e-9,
+            ops.convert_to_numpy(move),
+            expected_move,
+            rtol=1e-6,
+            atol=1e-9,
             err_msg=variant,
         )
-        np.testing.assert_array_equal(ops.convert_to_numpy(new_sign), expected_sign)
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(new_sign), expected_sign
+        )
         np.testing.assert_allclose(
             ops.convert_to_numpy(new_step), expected_step, rtol=1e-6
         )
@@ -286,7 +297,9 @@ def test_pure_rule_single_step_all_cases():
         **common,
     )
     np.testing.assert_allclose(
-        ops.convert_to_numpy(move), [-1.2, 100.0, 0.0, 0.0, 0.0, -0.4], rtol=1e-6
+        ops.convert_to_numpy(move),
+        [-1.2, 100.0, 0.0, 0.0, 0.0, -0.4],
+        rtol=1e-6,
     )
 
 

@@ -119,7 +119,9 @@ def test_save_load_continue_with_fit(tmp_path, variant):
     fit = dict(batch_size=len(x), shuffle=False, verbose=0)
 
     uninterrupted = build_mlp(params)
-    uninterrupted.compile(optimizer=_make(variant, learning_rate=0.5), loss="mse")
+    uninterrupted.compile(
+        optimizer=_make(variant, learning_rate=0.5), loss="mse"
+    )
     uninterrupted.fit(x, y, epochs=12, **fit)
 
     model = build_mlp(params)
@@ -141,7 +143,9 @@ def test_save_load_continue_with_fit(tmp_path, variant):
     ):
         np.testing.assert_array_equal(loaded_value, saved, err_msg=name)
     # The state is not trivial: steps were adapted, signs were stored.
-    assert int(saved_state[next(k for k in saved_state if "iteration" in k)]) == 6
+    assert (
+        int(saved_state[next(k for k in saved_state if "iteration" in k)]) == 6
+    )
 
     loaded.fit(x, y, epochs=6, **fit)
     for got, want in zip(loaded.get_weights(), uninterrupted.get_weights()):
@@ -166,7 +170,9 @@ def test_save_load_continue_irprop_plus_with_loss(tmp_path):
     reference_history, _ = full_batch_steps(uninterrupted, optimizer, x, y, 16)
 
     model = build_mlp(params)
-    model.compile(optimizer=keras_rprop.IRpropPlus(**HYPERPARAMETERS), loss="mse")
+    model.compile(
+        optimizer=keras_rprop.IRpropPlus(**HYPERPARAMETERS), loss="mse"
+    )
     full_batch_steps(model, model.optimizer, x, y, 8)
     path = tmp_path / "model.keras"
     model.save(path)

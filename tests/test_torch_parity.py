@@ -44,7 +44,9 @@ def float64():
 
 def _torch_mlp_history(params, x, y, steps, **hp):
     """The same MLP written in plain torch, trained by torch.optim.Rprop."""
-    weights = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params]
+    weights = [
+        torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in params
+    ]
     x = torch.tensor(x, dtype=torch.float64)
     y = torch.tensor(y, dtype=torch.float64)
     optimizer = _torch_rprop(weights, **hp)
@@ -68,7 +70,9 @@ def test_mlp_matches_torch_rprop_step_for_step(float64):
 
     model = build_mlp(params)
     optimizer = keras_rprop.IRpropMinus(**HYPERPARAMETERS)
-    history, _ = full_batch_steps(model, optimizer, x, y, steps, pass_loss=False)
+    history, _ = full_batch_steps(
+        model, optimizer, x, y, steps, pass_loss=False
+    )
     for step in range(steps):
         assert_weights_close(
             history[step], expected[step], message=f"step {step + 1}"
@@ -79,7 +83,11 @@ def test_gradient_sequence_matches_torch_rprop(float64):
     """Random gradients with many sign changes, zeros and both step bounds."""
     rng = np.random.default_rng(7)
     hp = dict(
-        initial_step=0.01, eta_minus=0.3, eta_plus=1.5, min_step=1e-3, max_step=0.05
+        initial_step=0.01,
+        eta_minus=0.3,
+        eta_plus=1.5,
+        min_step=1e-3,
+        max_step=0.05,
     )
     start = rng.normal(size=(4, 5))
     torch_weight = torch.tensor(start, dtype=torch.float64, requires_grad=True)
@@ -89,7 +97,9 @@ def test_gradient_sequence_matches_torch_rprop(float64):
     for step in range(40):
         # Mostly consistent signs (the steps grow to max_step) with random
         # flips (they shrink to min_step) and exact zeros.
-        gradient = rng.normal(size=start.shape) + (0.8 if step % 10 < 7 else -0.8)
+        gradient = rng.normal(size=start.shape) + (
+            0.8 if step % 10 < 7 else -0.8
+        )
         gradient[rng.random(start.shape) < 0.1] = 0.0
         torch_weight.grad = torch.tensor(gradient, dtype=torch.float64)
         torch_optimizer.step()
