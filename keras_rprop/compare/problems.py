@@ -10,6 +10,7 @@ module, next to the others.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -123,12 +124,15 @@ class Problem:
         """
         import keras
 
+        # The weights are set from NumPy below; zeros skip Keras's random
+        # initializers, which JAX would compile for every shape.
+        dense = functools.partial(
+            keras.layers.Dense, kernel_initializer="zeros"
+        )
         layers = [keras.Input((data.x_train.shape[1],))]
         for units in self.hidden:
-            layers.append(keras.layers.Dense(units, self.activation))
-        layers.append(
-            keras.layers.Dense(self.output_units(data), self.output_activation)
-        )
+            layers.append(dense(units, self.activation))
+        layers.append(dense(self.output_units(data), self.output_activation))
         model = keras.Sequential(layers, name=self.name.replace("-", "_"))
         model.set_weights(
             initial_weights([w.shape for w in model.weights], seed)
