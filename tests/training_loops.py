@@ -40,6 +40,7 @@ def float64_precision():
     if jax_backend:
         import jax
 
+        x64_before = jax.config.jax_enable_x64
         jax.config.update("jax_enable_x64", True)
     keras.config.set_floatx("float64")
     keras.mixed_precision.set_global_policy("float64")
@@ -49,7 +50,7 @@ def float64_precision():
         keras.config.set_floatx("float32")
         keras.mixed_precision.set_global_policy("float32")
         if jax_backend:
-            jax.config.update("jax_enable_x64", False)
+            jax.config.update("jax_enable_x64", x64_before)
 
 
 def full_batch_steps(
