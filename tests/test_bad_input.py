@@ -133,6 +133,8 @@ def _regression_data():
     return x, y
 
 
+# Full batches one after the other, one step per batch: not mini-batches.
+@pytest.mark.filterwarnings("ignore::keras_rprop.MiniBatchWarning")
 @pytest.mark.parametrize(
     "variant, policy",
     [

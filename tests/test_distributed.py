@@ -156,6 +156,8 @@ def test_tf_multi_worker_mirrored_strategy_matches_one_device(tmp_path):
     _check(results, replicas=2)
 
 
+# The same full batch repeated, one step per batch: not mini-batches.
+@pytest.mark.filterwarnings("ignore::keras_rprop.MiniBatchWarning")
 @pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
 def test_accumulated_chunks_match_the_full_batch(variant):
     """What a PyTorch user does when the data outgrows one device.
