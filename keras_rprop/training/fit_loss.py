@@ -123,19 +123,61 @@ def bind_train_step(model, steps_by_backend, **kwargs):
     model.train_function = None
 
 
+# Train functions compiled for a lent training step are kept on the model,
+# by step, so that calling `fit_full_batch` again does not compile again.
+# (They refer to the model, so a cache outside it would keep it alive.)
+_CACHE_ATTRIBUTE = "_keras_rprop_train_functions"
+
+
 @contextlib.contextmanager
-def bound_train_step(model, steps_by_backend, **kwargs):
-    """Binds a training step for the duration of the block only."""
-    previous = model.__dict__.get("train_step")
-    bind_train_step(model, steps_by_backend, **kwargs)
+def bound_train_step(model, steps_by_backend, reuse=False, **kwargs):
+    """Binds a training step for the duration of the block only.
+
+    Args:
+        model: The model.
+        steps_by_backend: Dict from backend name to step function.
+        reuse: Whether to keep the train function compiled in the block for
+            the next block that binds the same step to the same compiled
+            model (it refers to nothing but the model and `kwargs`).
+        **kwargs: Keyword arguments bound to the step function.
+    """
+    previous_step = model.__dict__.get("train_step")
+    previous_function = model.train_function
+    key = (id(steps_by_backend), tuple(sorted(kwargs.items())))
+    cache = model.__dict__.get(_CACHE_ATTRIBUTE)
+    if cache is None:
+        cache = {}
+        # Past Keras's attribute tracking: this is no state of the model.
+        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
+    cached = cache.get(key) if reuse else None
+    if cached is not None and cached[1:] == _compile_identity(model):
+        model.train_step, model.train_function = cached[0]
+    else:
+        bind_train_step(model, steps_by_backend, **kwargs)
     try:
         yield
     finally:
-        if previous is None:
+        if reuse and model.train_function is not None:
+            cache[key] = (
+                (model.train_step, model.train_function),
+                *_compile_identity(model),
+            )
+        if previous_step is None:
             del model.train_step
         else:
-            model.train_step = previous
-        model.train_function = None
+            model.train_step = previous_step
+        model.train_function = previous_function
+
+
+def _compile_identity(model):
+    """What a compiled train function depends on besides the step."""
+    return (
+        model.optimizer,
+        model._loss_tracker,
+        model.run_eagerly,
+        model.jit_compile,
+        model.steps_per_execution,
+    )
 
 
 def _train_step_owner(model):

@@ -106,7 +106,7 @@ def fit_full_batch(
         else:
             steps = train_steps.REPEATED_TRAIN_STEPS
             kwargs = {"steps": steps_per_epoch}
-        with bound_train_step(model, steps, **kwargs):
+        with bound_train_step(model, steps, reuse=True, **kwargs):
             return fit(
                 model, x, y, batch_size=samples, epochs=epochs, **fit_kwargs
             )
