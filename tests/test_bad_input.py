@@ -292,6 +292,17 @@ def test_gradient_of_the_wrong_shape_is_rejected():
         np.testing.assert_array_equal(numpy(variable), np.ones(variable_shape))
 
 
+def test_gradients_and_variables_may_be_generators():
+    """The shape check must not use up a one-shot iterable."""
+    variable = keras.Variable(np.ones(2, "float32"))
+    optimizer = keras_rprop.Rprop()
+    optimizer.apply(
+        (g for g in [ops.convert_to_tensor([1.0, -1.0])]),
+        (v for v in [variable]),
+    )
+    np.testing.assert_allclose(numpy(variable), [0.9, 1.1], rtol=1e-6)
+
+
 @pytest.mark.skipif(
     BACKEND != "jax", reason="stateless_apply is the JAX training path"
 )

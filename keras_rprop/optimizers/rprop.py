@@ -268,6 +268,9 @@ class Rprop(keras.optimizers.Optimizer):
                 Required by the `"irprop+"` variant; the other variants accept
                 and ignore it.
         """
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
         self._check_gradient_shapes(grads, trainable_variables)
         if loss is None:
             loss = getattr(self, "_stateless_loss", None)
@@ -310,8 +313,6 @@ class Rprop(keras.optimizers.Optimizer):
             trainable_variables = getattr(self, "_trainable_variables", None)
             if trainable_variables is None:
                 return
-        grads = list(grads)
-        trainable_variables = list(trainable_variables)
         if len(grads) != len(trainable_variables):
             return  # Keras raises its own error for a count mismatch.
         for grad, variable in zip(grads, trainable_variables):
@@ -389,6 +390,10 @@ class Rprop(keras.optimizers.Optimizer):
             from keras_rprop.optimizers import multi_tensor
 
             multi_tensor.update(self, grads, trainable_variables, learning_rate)
+        elif self._use_xla_update(grads):
+            from keras_rprop.optimizers import xla_update
+
+            xla_update.update(self, grads, trainable_variables, learning_rate)
         else:
             super()._backend_update_step(
                 grads, trainable_variables, learning_rate
@@ -412,6 +417,15 @@ class Rprop(keras.optimizers.Optimizer):
         from keras_rprop.optimizers import multi_tensor
 
         return multi_tensor.is_supported(self, trainable_variables)
+
+    def _use_xla_update(self, grads):
+        # Only on TensorFlow, where a plain `tf.function` would run each
+        # operation of the rule as a separate pass over memory.
+        if keras.backend.backend() != "tensorflow":
+            return False
+        from keras_rprop.optimizers import xla_update
+
+        return xla_update.is_supported(grads)
 
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
