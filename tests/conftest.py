@@ -20,7 +20,9 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
-    keras.utils.clear_session()
+    # Without the full garbage collection, which costs about a second per
+    # test once TensorFlow or JAX are loaded.
+    keras.utils.clear_session(free_memory=False)
     keras.config.set_floatx("float32")
     keras.mixed_precision.set_global_policy("float32")
     np.random.seed(0)
