@@ -52,11 +52,12 @@ STEP_3_COMMON = {0: -0.0325, 2: -0.03, 3: -0.0125, 4: 0.0125, 5: 0.025}
 
 
 def _step3(w1_move):
-    moves = [STEP_3_COMMON.get(i, w1_move) for i in range(6)]
-    return moves
+    """Step 3 differs between the variants only at w1, the sign change."""
+    return [STEP_3_COMMON.get(i, w1_move) for i in range(6)]
 
 
-# (variant, losses, expected moves of the three steps)
+# case -> (losses or None, expected moves of the three steps); the case name
+# starts with the variant.
 TENSOR_CASES = {
     "rprop+": (
         None,
