@@ -169,13 +169,24 @@ def test_another_backend_runs_in_a_new_process(monkeypatch):
     assert cli.main(argv) == 0 and len(calls) == 1
 
 
+def _torch_threads():
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_num_threads()
+
+
 def test_mini_batches_cover_the_training_set_every_epoch():
     problem = problems.PROBLEMS["wine"]
     data = problem.load()
     model = problem.build_model(data, seed=0)
     optimizer = keras.optimizers.Adam()
     trainer = trainers.make_trainer(model, optimizer, problem.make_loss())
+    threads = _torch_threads()
     losses = trainer.train(data.x_train, data.y_train, 2, batch_size=32)
+    # PyTorch trains on one thread, then gets its thread count back.
+    assert _torch_threads() == threads
     # 124 samples: 3 batches of 32 and one of 28 per epoch.
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 8
     assert len(losses) == 3 and losses[2] < losses[1] < losses[0]

@@ -17,6 +17,8 @@ Both record the training loss on the whole training set before training and
 after every epoch.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -59,6 +61,27 @@ def make_trainer(model, optimizer, loss, engine="loop"):
     return trainers[backend](model, optimizer, loss)
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Runs PyTorch on one thread for the duration of the block.
+
+    The operations of these problems are far too small to gain from
+    several threads; on a busy two-core machine, PyTorch's threads waiting
+    for each other made training twenty times slower than on one thread.
+    """
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Trainer:
     """Trains one model with one optimizer, from any initial weights."""
 
@@ -97,6 +120,10 @@ class Trainer:
             A float64 array of `epochs + 1` losses on the whole training
             set: before training and after each epoch.
         """
+        with _one_torch_thread():
+            return self._train(x, y, epochs, batch_size, seed)
+
+    def _train(self, x, y, epochs, batch_size, seed):
         x_all, y_all = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
         losses = []
         self._start()
@@ -251,7 +278,7 @@ class FitTrainer(Trainer):
         model.compile(optimizer=optimizer, loss=loss)
         super().__init__(model, optimizer, loss)
 
-    def train(self, x, y, epochs, batch_size=None, seed=0):
+    def _train(self, x, y, epochs, batch_size, seed):
         from keras_rprop.training import fit_full_batch
 
         if batch_size is None or batch_size >= len(x):
