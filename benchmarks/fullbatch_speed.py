@@ -86,7 +86,12 @@ def run_keras(epochs):
 
     def fast():
         keras_rprop.fit_full_batch(
-            model, x, y, epochs=blocks, steps_per_epoch=STEPS_PER_EPOCH, verbose=0
+            model,
+            x,
+            y,
+            epochs=blocks,
+            steps_per_epoch=STEPS_PER_EPOCH,
+            verbose=0,
         )
 
     steps = blocks * STEPS_PER_EPOCH

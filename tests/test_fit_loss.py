@@ -207,7 +207,9 @@ def test_enable_loss_rejects_what_it_cannot_serve():
     inputs = keras.Input((3,))
     own = OwnTrainStep(inputs, keras.layers.Dense(1)(inputs))
     own.compile(optimizer=keras_rprop.Rprop("irprop+"), loss="mse")
-    with pytest.raises(ValueError, match="`OwnTrainStep` overrides `train_step`"):
+    with pytest.raises(
+        ValueError, match="`OwnTrainStep` overrides `train_step`"
+    ):
         keras_rprop.enable_loss(own)
 
 

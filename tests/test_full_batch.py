@@ -68,7 +68,10 @@ def chunk_sources():
             return len(starts)
 
         def __getitem__(self, i):
-            return x[i * CHUNK : (i + 1) * CHUNK], y[i * CHUNK : (i + 1) * CHUNK]
+            return (
+                x[i * CHUNK : (i + 1) * CHUNK],
+                y[i * CHUNK : (i + 1) * CHUNK],
+            )
 
     def py_dataset():
         return Chunks(), {}
@@ -204,4 +207,6 @@ def test_fit_full_batch_rejects_bad_arguments():
             model, generator, chunks_per_epoch=5, steps_per_epoch=2
         )
     with pytest.raises(ValueError, match="compiled"):
-        keras_rprop.fit_full_batch(keras.Sequential([keras.layers.Dense(1)]), x, y)
+        keras_rprop.fit_full_batch(
+            keras.Sequential([keras.layers.Dense(1)]), x, y
+        )

@@ -101,12 +101,6 @@ def enable_loss(model):
     return model
 
 
-def loss_enabled(model):
-    """Whether `enable_loss(model)` was called on this model instance."""
-    step = model.__dict__.get("train_step")
-    return getattr(step, "__func__", None) in train_steps.TRAIN_STEPS.values()
-
-
 def bind_train_step(model, steps_by_backend, **kwargs):
     """Binds this backend's step from `steps_by_backend` as `train_step`."""
     backend = keras.backend.backend()

@@ -139,8 +139,11 @@ def fit_full_batch(
     accumulator = GradientAccumulator(model.trainable_variables)
     callbacks = [ApplyAccumulated(accumulator)]
     callbacks += list(fit_kwargs.pop("callbacks", None) or [])
-    with _tracked_metric(model, accumulator), bound_train_step(
-        model, train_steps.ACCUMULATE_STEPS, accumulator=accumulator
+    with (
+        _tracked_metric(model, accumulator),
+        bound_train_step(
+            model, train_steps.ACCUMULATE_STEPS, accumulator=accumulator
+        ),
     ):
         return fit(
             model,
@@ -196,6 +199,4 @@ def _check_arguments(model, epochs, steps_per_epoch, chunk_size, chunks):
 
 
 def _is_positive_int(value):
-    return (
-        isinstance(value, int) and not isinstance(value, bool) and value > 0
-    )
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
