@@ -222,3 +222,25 @@ def test_enabled_model_still_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(
         restored.get_weights()[0], model.get_weights()[0]
     )
+
+
+def test_eager_apply_then_fit_continues_training():
+    """An eager `apply` before `fit` leaves no state buffers shared.
+
+    On JAX an eager assign of one variable's value to another makes both hold
+    one array, and the trainer, which donates the optimizer state to its
+    compiled step, then fails with "donate the same buffer twice".
+    """
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras_rprop.Rprop("irprop+"), loss="mse")
+    keras_rprop.enable_loss(model)
+    ones = [keras.ops.ones(v.shape) for v in model.trainable_variables]
+    model.optimizer.apply(ones, model.trainable_variables, loss=1.0)
+    history = model.fit(x, y, batch_size=len(x), epochs=3, verbose=0)
+    assert len(history.history["loss"]) == 3
+    assert int(model.optimizer.iterations) == 4
+    kernel = keras.ops.convert_to_numpy(model.trainable_variables[0])
+    assert np.all(np.isfinite(kernel))

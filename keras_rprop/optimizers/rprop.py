@@ -400,9 +400,14 @@ class Rprop(keras.optimizers.Optimizer):
             )
         # After every variable was updated: the next step compares against
         # this step's loss and reverts moves made with this learning rate.
-        self._previous_loss.assign(self._current_loss)
+        # Copies, not the other variables' arrays: on JAX an eager assign
+        # would make two variables hold one buffer, which the trainer's
+        # donation of the optimizer state then rejects.
+        self._previous_loss.assign(
+            ops.copy(ops.convert_to_tensor(self._current_loss))
+        )
         self._previous_learning_rate.assign(
-            ops.cast(learning_rate, "float32")
+            ops.copy(ops.cast(learning_rate, "float32"))
         )
 
     def _use_multi_tensor_path(self, trainable_variables):

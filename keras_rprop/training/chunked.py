@@ -120,10 +120,6 @@ class ApplyAccumulated(keras.callbacks.Callback):
             self._compiled_apply = _COMPILERS[backend](model, self.accumulator)
         self._compiled_apply()
         self.accumulator.clear()
-        if backend == "jax":
-            _unshare_buffers(
-                model.trainable_variables + list(model.optimizer.variables)
-            )
 
 
 def _mean_gradients_and_loss(accumulator, variables):
@@ -193,26 +189,3 @@ _COMPILERS = {
     "jax": _jax_apply,
     "torch": _torch_apply,
 }
-
-
-def _unshare_buffers(variables):
-    """Gives every JAX variable a buffer of its own.
-
-    An eager `assign(other_variable)` makes two variables hold one array
-    (Rprop's previous loss takes the current loss that way); the JAX trainer
-    donates every state buffer to its compiled step, and donating one twice
-    fails.
-    """
-    import jax.numpy as jnp
-
-    seen = set()
-    for variable in variables:
-        value = variable.value
-        try:
-            key = value.unsafe_buffer_pointer()
-        except Exception:
-            key = id(value)
-        if key in seen:
-            variable.assign(jnp.array(value, copy=True))
-        else:
-            seen.add(key)
