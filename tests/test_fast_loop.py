@@ -83,3 +83,63 @@ def test_progress_bar_shows_epochs(capsys):
     keras_rprop.fit_full_batch(model, x, y, epochs=2, steps_per_epoch=3)
     out = capsys.readouterr().out
     assert "Epoch 2/2" in out and "loss:" in out
+
+
+def make_special_model(kind):
+    keras.utils.set_random_seed(2)
+    layers = [keras.Input((3,)), keras.layers.Dense(4, activation="tanh")]
+    optimizer = keras_rprop.Rprop("irprop+")
+    if kind == "dropout":
+        layers.append(keras.layers.Dropout(0.5, seed=3))
+    elif kind == "batch_norm":
+        layers.append(keras.layers.BatchNormalization())
+    elif kind == "accumulation":
+        optimizer = keras_rprop.Rprop("irprop+", gradient_accumulation_steps=2)
+    model = keras.Sequential(layers + [keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+# On PyTorch the loop records one step and replays it: a random draw
+# (dropout), state updated in the forward pass (batch norm statistics) and
+# a branch on a tensor value (gradient accumulation) must still train the
+# weights of the one-step epochs, every draw and branch as in eager steps.
+@pytest.mark.parametrize("kind", ["dropout", "batch_norm", "accumulation"])
+def test_steps_per_epoch_with_state_randomness_and_branches(kind):
+    x, y = make_data()
+    plain = make_special_model(kind)
+    keras_rprop.fit_full_batch(plain, x, y, epochs=12, verbose=0)
+    fast = make_special_model(kind)
+    keras_rprop.fit_full_batch(
+        fast, x, y, epochs=2, steps_per_epoch=4, verbose=0
+    )
+    keras_rprop.fit_full_batch(
+        fast, x, y, epochs=1, steps_per_epoch=4, verbose=0
+    )
+    for fast_weights, plain_weights in zip(
+        fast.get_weights(), plain.get_weights()
+    ):
+        np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
+    assert int(fast.optimizer.iterations) == int(plain.optimizer.iterations)
+
+
+def test_changed_hyperparameters_take_effect_between_calls():
+    x, y = make_data()
+    models = []
+    for steps_per_epoch in (1, 5):
+        model = make_model("rprop-")
+        keras_rprop.fit_full_batch(
+            model, x, y, epochs=10 // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, verbose=0,
+        )
+        model.optimizer.eta_plus = 1.5
+        model.optimizer.learning_rate = 0.5
+        keras_rprop.fit_full_batch(
+            model, x, y, epochs=10 // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, verbose=0,
+        )
+        models.append(model)
+    for fast_weights, plain_weights in zip(
+        models[1].get_weights(), models[0].get_weights()
+    ):
+        np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)

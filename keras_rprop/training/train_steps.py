@@ -158,9 +158,19 @@ def _torch_train_step(self, data):
 
 
 def _torch_repeated_train_step(self, data, steps):
+    from keras_rprop.training import torch_replay
+
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    for _ in range(steps - 1):
-        _torch_update(self, x, y, sample_weight, track_loss=False)
+    # All steps but the last replay one recorded step (see `torch_replay`);
+    # the last runs eagerly, to feed the loss tracker and the metrics.
+    torch_replay.repeat_update(
+        self,
+        x,
+        y,
+        sample_weight,
+        steps - 1,
+        lambda: _torch_update(self, x, y, sample_weight, track_loss=False),
+    )
     y_pred = _torch_update(self, x, y, sample_weight)
     return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

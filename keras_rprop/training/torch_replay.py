@@ -1,0 +1,182 @@
+"""The fast full-batch loop of the PyTorch backend: one traced step, replayed.
+
+PyTorch runs Keras eagerly: every step of `fit_full_batch(...,
+steps_per_epoch=k)` would go through the Python of every layer call, the
+loss and the optimizer, which costs several times the arithmetic of a small
+model. The other backends compile the `k` steps into one loop; PyTorch has
+no such loop, and `torch.compile` does not get through Keras's layer code.
+
+Every step of the loop does the same thing to the same tensors: the same
+batch, the same weights and optimizer state, updated in place. So the first
+step is recorded with `make_fx`, which runs it for real and writes down the
+ATen operations it dispatches (forward, backward and the in-place optimizer
+update), and the following steps replay that record with the state tensors
+as inputs. The replay runs the very kernels, in the same order, as the
+eager step: the weights are the same, bit for bit, without the Python.
+
+A step is replayed only if its record is a pure function of its inputs.
+Records with a random operation (`Dropout`, noise layers: the record would
+freeze one draw), a tensor value read into Python (`if tensor:`, `.item()`;
+the record would freeze one branch, e.g. Keras's gradient accumulation or
+`LossScaleOptimizer`) or an output shape that depends on values are
+rejected, and such steps run eagerly, as before. Python side effects of the
+step (a counter in a layer's `call`) happen once per traced step only.
+"""
+
+import weakref
+
+import keras
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from keras_rprop.training.loss_channel import apply_with_loss
+
+# ATen tags of operations whose record would not replay the eager step: a
+# random draw, or a value or shape read back into Python.
+_UNSAFE_TAGS = (
+    torch.Tag.nondeterministic_seeded,
+    torch.Tag.data_dependent_output,
+    torch.Tag.dynamic_output_shape,
+)
+_UNSAFE_OPS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.item.default,
+}
+
+# Traced steps by model: (key, state tensors, record or None).
+_traces = weakref.WeakKeyDictionary()
+
+
+def repeat_update(model, x, y, sample_weight, count, eager_update):
+    """Runs `count` full-batch optimizer steps on `(x, y, sample_weight)`.
+
+    The first call for a model (or after anything the record depends on
+    changed) records one step while running it; the remaining steps replay
+    the record. Steps that cannot be replayed run `eager_update()`.
+
+    Args:
+        model: The compiled Keras model, built.
+        x: The inputs, a tensor or a nest of tensors.
+        y: The targets.
+        sample_weight: The sample weights, or `None`.
+        count: The number of optimizer steps to run.
+        eager_update: Function of no arguments that runs one step eagerly.
+    """
+    if count > 0 and not (model.built and model.optimizer.built):
+        # A first call builds variables, which must not happen in a record.
+        eager_update()
+        count -= 1
+    if count <= 0:
+        return
+    state = _state_tensors(model)
+    data = (x, y, sample_weight)
+    key = _trace_key(model, data)
+    entry = _traces.get(model)
+    if (
+        entry is None
+        or entry[0] != key
+        or len(entry[1]) != len(state)
+        or any(a is not b for a, b in zip(entry[1], state))
+    ):
+        record, ran = _trace_step(model, state, data)
+        _traces[model] = (key, state, record)
+        count -= ran
+    else:
+        record = entry[2]
+    if record is None:
+        for _ in range(count):
+            eager_update()
+        return
+    with torch.no_grad():
+        for _ in range(count):
+            record(state, *data)
+
+
+def _state_tensors(model):
+    """The tensors of every variable that a step reads or writes."""
+    variables = list(model.variables) + list(model.optimizer.variables)
+    unique = {id(v): v for v in variables}
+    return [v.value for v in unique.values()]
+
+
+def _trace_key(model, data):
+    """What a record depends on besides the identity of the state tensors."""
+    leaves, structure = torch.utils._pytree.tree_flatten(data)
+    return (
+        str(structure),
+        tuple(
+            (tuple(t.shape), t.dtype, t.device)
+            if isinstance(t, torch.Tensor)
+            else repr(t)
+            for t in leaves
+        ),
+        id(model.optimizer),
+        id(getattr(model, "_compile_loss", None)),
+        repr(model.optimizer.get_config()),
+    )
+
+
+def _traceable_update(model, x, y, sample_weight):
+    """One optimizer step whose gradients are outputs, not `.grad` fields.
+
+    `loss.backward()` would store the gradients in the variables' `.grad`
+    fields, outside of what the record follows; `torch.autograd.grad`
+    returns the same gradients as tensors.
+    """
+    if model._call_has_training_arg:
+        y_pred = model(x, training=True)
+    else:
+        y_pred = model(x)
+    loss = model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+    variables = model.trainable_weights[:]
+    grads = torch.autograd.grad(
+        model.optimizer.scale_loss(loss),
+        [v.value for v in variables],
+        allow_unused=True,
+    )
+    with torch.no_grad():
+        apply_with_loss(model.optimizer, list(grads), variables, loss.detach())
+
+
+def _trace_step(model, state, data):
+    """Runs one step while recording it.
+
+    Returns:
+        A tuple `(record, ran)`: the record, or `None` if it cannot be
+        replayed, and whether the step was run (it is not if the recording
+        was given up midway).
+    """
+
+    def step(state, x, y, sample_weight):
+        # `state` is not used by name: passing the tensors makes the
+        # record take them as inputs instead of freezing them as constants.
+        del state
+        _traceable_update(model, x, y, sample_weight)
+
+    # `make_fx` refuses to read a tensor value into Python, possibly after
+    # the step wrote some state (a seed generator): the step is then undone
+    # and run again eagerly.
+    with torch.no_grad():
+        saved = [t.clone() for t in state]
+    try:
+        record = make_fx(step)(state, *data)
+    except RuntimeError as error:
+        if "_local_scalar_dense" not in str(error):
+            raise
+        with torch.no_grad():
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
+        return None, False
+    for node in record.graph.nodes:
+        if node.op == "call_function" and _is_unsafe(node.target):
+            return None, True
+    return record, True
+
+
+def _is_unsafe(target):
+    if target in _UNSAFE_OPS:
+        return True
+    tags = getattr(target, "tags", ())
+    return any(tag in tags for tag in _UNSAFE_TAGS)
