@@ -23,6 +23,7 @@ rejected, and such steps run eagerly, as before. Python side effects of the
 step (a counter in a layer's `call`) happen once per traced step only.
 """
 
+import warnings
 import weakref
 
 import keras
@@ -87,9 +88,12 @@ def repeat_update(model, x, y, sample_weight, count, eager_update):
         for _ in range(count):
             eager_update()
         return
-    with torch.no_grad():
+    tensors = _flat_tensors(state, data)
+    # Without the TorchScript optimizations (operator fusion), which could
+    # round differently from the eager kernels.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         for _ in range(count):
-            record(state, *data)
+            record(*tensors)
 
 
 def _state_tensors(model):
@@ -172,7 +176,50 @@ def _trace_step(model, state, data):
     for node in record.graph.nodes:
         if node.op == "call_function" and _is_unsafe(node.target):
             return None, True
-    return record, True
+    return _compile(record, state, data), True
+
+
+def _flat_tensors(state, data):
+    leaves, _ = torch.utils._pytree.tree_flatten((state, data))
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def _compile(record, state, data):
+    """The record as a function of the flat state and data tensors.
+
+    The record is a Python function that calls one operation per line;
+    traced into TorchScript, the same operations run from C++, which halves
+    the time of a step of a small model. If TorchScript fails, the record
+    runs as it is.
+    """
+    leaves, structure = torch.utils._pytree.tree_flatten((state, data))
+    is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+
+    def step(*tensors):
+        tensors_left = iter(tensors)
+        arguments = [
+            next(tensors_left) if tensor else leaf
+            for tensor, leaf in zip(is_tensor, leaves)
+        ]
+        state, data = torch.utils._pytree.tree_unflatten(
+            arguments, structure
+        )
+        record(state, *data)
+        # TorchScript needs a tensor to return.
+        return tensors[0]
+
+    # Traced on copies: tracing runs the step, which must not move the
+    # weights a second time.
+    with torch.no_grad():
+        copies = [t.detach().clone() for t in _flat_tensors(state, data)]
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated: its warnings are no news to the
+            # user, and the record is the fallback if it goes away.
+            warnings.simplefilter("ignore")
+            return torch.jit.trace(step, tuple(copies), check_trace=False)
+    except Exception:
+        return step
 
 
 def _is_unsafe(target):
