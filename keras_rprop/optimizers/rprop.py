@@ -169,40 +169,20 @@ class Rprop(keras.optimizers.Optimizer):
             # The loss of the step being applied. Under tf.distribute each
             # replica holds its share of the loss, so "sum" makes the
             # assignment hold the global loss.
-            self._current_loss = keras.Variable(
-                math.inf,
-                name="current_loss",
-                dtype="float32",
-                trainable=False,
-                aggregation="sum",
-            )
+            self._current_loss = _scalar("current_loss", math.inf, "sum")
             # E(t-1) for iRprop+; +inf before the first step, so that the
             # first sign change never counts as a rise of the loss.
-            self._previous_loss = keras.Variable(
-                math.inf,
-                name="previous_loss",
-                dtype="float32",
-                trainable=False,
-                aggregation="only_first_replica",
+            self._previous_loss = _scalar(
+                "previous_loss", math.inf, "only_first_replica"
             )
             # Backtracking reverts the move that was made, which was scaled
             # by the learning rate of its own step.
-            self._previous_learning_rate = keras.Variable(
-                1.0,
-                name="previous_learning_rate",
-                dtype="float32",
-                trainable=False,
-                aggregation="only_first_replica",
+            self._previous_learning_rate = _scalar(
+                "previous_learning_rate", 1.0, "only_first_replica"
             )
             # Sum of the losses of the accumulated mini-batches, so that
             # iRprop+ compares the losses of whole accumulated batches.
-            self._accumulated_loss = keras.Variable(
-                0.0,
-                name="accumulated_loss",
-                dtype="float32",
-                trainable=False,
-                aggregation="sum",
-            )
+            self._accumulated_loss = _scalar("accumulated_loss", 0.0, "sum")
 
     def build(self, var_list):
         """Initializes the step sizes and stored signs.
@@ -496,6 +476,17 @@ class Rprop(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _scalar(name, value, aggregation):
+    """A float32 scalar of the optimizer's state."""
+    return keras.Variable(
+        value,
+        name=name,
+        dtype="float32",
+        trainable=False,
+        aggregation=aggregation,
+    )
 
 
 _DEFAULT_NAMES = {
