@@ -129,14 +129,22 @@ def test_changed_hyperparameters_take_effect_between_calls():
     for steps_per_epoch in (1, 5):
         model = make_model("rprop-")
         keras_rprop.fit_full_batch(
-            model, x, y, epochs=10 // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, verbose=0,
+            model,
+            x,
+            y,
+            epochs=10 // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            verbose=0,
         )
         model.optimizer.eta_plus = 1.5
         model.optimizer.learning_rate = 0.5
         keras_rprop.fit_full_batch(
-            model, x, y, epochs=10 // steps_per_epoch,
-            steps_per_epoch=steps_per_epoch, verbose=0,
+            model,
+            x,
+            y,
+            epochs=10 // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            verbose=0,
         )
         models.append(model)
     for fast_weights, plain_weights in zip(

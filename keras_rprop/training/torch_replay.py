@@ -109,9 +109,11 @@ def _trace_key(model, data):
     return (
         str(structure),
         tuple(
-            (tuple(t.shape), t.dtype, t.device)
-            if isinstance(t, torch.Tensor)
-            else repr(t)
+            (
+                (tuple(t.shape), t.dtype, t.device)
+                if isinstance(t, torch.Tensor)
+                else repr(t)
+            )
             for t in leaves
         ),
         id(model.optimizer),
@@ -194,6 +196,10 @@ def _compile(record, state, data):
     """
     leaves, structure = torch.utils._pytree.tree_flatten((state, data))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
+    # Not the tensors themselves: the function must not keep the data alive.
+    leaves = [
+        None if tensor else leaf for tensor, leaf in zip(is_tensor, leaves)
+    ]
 
     def step(*tensors):
         tensors_left = iter(tensors)
@@ -201,9 +207,7 @@ def _compile(record, state, data):
             next(tensors_left) if tensor else leaf
             for tensor, leaf in zip(is_tensor, leaves)
         ]
-        state, data = torch.utils._pytree.tree_unflatten(
-            arguments, structure
-        )
+        state, data = torch.utils._pytree.tree_unflatten(arguments, structure)
         record(state, *data)
         # TorchScript needs a tensor to return.
         return tensors[0]
