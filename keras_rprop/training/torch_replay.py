@@ -19,8 +19,9 @@ Records with a random operation (`Dropout`, noise layers: the record would
 freeze one draw), a tensor value read into Python (`if tensor:`, `.item()`;
 the record would freeze one branch, e.g. Keras's gradient accumulation or
 `LossScaleOptimizer`) or an output shape that depends on values are
-rejected, and such steps run eagerly, as before. Python side effects of the
-step (a counter in a layer's `call`) happen once per traced step only.
+rejected, and such steps run eagerly, as before. Python side effects of a
+step (a counter in a layer's `call`) happen only in the steps that run
+eagerly: the recorded one and the epoch's last.
 """
 
 import warnings
@@ -44,7 +45,7 @@ _UNSAFE_OPS = {
     torch.ops.aten.item.default,
 }
 
-# Traced steps by model: (key, state tensors, record or None).
+# Recorded steps by model: (key, state tensors, replay function or None).
 _traces = weakref.WeakKeyDictionary()
 
 
@@ -79,12 +80,12 @@ def repeat_update(model, x, y, sample_weight, count, eager_update):
         or len(entry[1]) != len(state)
         or any(a is not b for a, b in zip(entry[1], state))
     ):
-        record, ran = _trace_step(model, state, data)
-        _traces[model] = (key, state, record)
+        replay, ran = _trace_step(model, state, data)
+        _traces[model] = (key, state, replay)
         count -= ran
     else:
-        record = entry[2]
-    if record is None:
+        replay = entry[2]
+    if replay is None:
         for _ in range(count):
             eager_update()
         return
@@ -93,7 +94,7 @@ def repeat_update(model, x, y, sample_weight, count, eager_update):
     # round differently from the eager kernels.
     with torch.no_grad(), torch.jit.optimized_execution(False):
         for _ in range(count):
-            record(*tensors)
+            replay(*tensors)
 
 
 def _state_tensors(model):
@@ -118,7 +119,19 @@ def _trace_key(model, data):
         ),
         id(model.optimizer),
         id(getattr(model, "_compile_loss", None)),
-        repr(model.optimizer.get_config()),
+        _python_attributes(model.optimizer),
+    )
+
+
+def _python_attributes(optimizer):
+    # Hyperparameters held as Python numbers (`eta_plus`, `clipnorm`, ...)
+    # are constants of the record; those held in variables are inputs.
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in vars(optimizer).items()
+            if isinstance(value, (bool, int, float, str, type(None)))
+        )
     )
 
 
@@ -150,9 +163,10 @@ def _trace_step(model, state, data):
     """Runs one step while recording it.
 
     Returns:
-        A tuple `(record, ran)`: the record, or `None` if it cannot be
-        replayed, and whether the step was run (it is not if the recording
-        was given up midway).
+        A tuple `(replay, ran)`: a function of the flat state and data
+        tensors that replays the step, or `None` if the record cannot
+        replay it, and whether the step was run (it is not if the
+        recording was given up midway).
     """
 
     def step(state, x, y, sample_weight):
