@@ -53,7 +53,11 @@ def test_steps_per_epoch_trains_the_same_weights(variant):
     for fast_weights, plain_weights in zip(
         fast.get_weights(), plain.get_weights()
     ):
-        np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
+        if keras.backend.backend() == "torch":
+            # The replayed steps run the eager kernels in the eager order.
+            np.testing.assert_array_equal(fast_weights, plain_weights)
+        else:
+            np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
     assert int(fast.optimizer.iterations) == 20
     # One History entry per epoch of 5 steps, with its last step's loss.
     np.testing.assert_allclose(

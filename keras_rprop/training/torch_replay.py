@@ -4,7 +4,8 @@ PyTorch runs Keras eagerly: every step of `fit_full_batch(...,
 steps_per_epoch=k)` would go through the Python of every layer call, the
 loss and the optimizer, which costs several times the arithmetic of a small
 model. The other backends compile the `k` steps into one loop; PyTorch has
-no such loop, and `torch.compile` does not get through Keras's layer code.
+no such loop, and `torch.compile` (Dynamo) failed on Keras's layer code
+with torch 2.13 and Python 3.11.
 
 Every step of the loop does the same thing to the same tensors: the same
 batch, the same weights and optimizer state, updated in place. So the first
