@@ -8,7 +8,8 @@ to train it:
 - `plain fit`: `model.fit(x, y, batch_size=len(x), epochs=1000)`, Keras
   out of the box with `keras_rprop.Rprop("irprop-")`.
 - `fast path`: `keras_rprop.fit_full_batch(model, x, y, epochs=10,
-  steps_per_epoch=100)`, 100 optimizer steps per compiled call.
+  steps_per_epoch=100)`, 100 optimizer steps per compiled call (on
+  PyTorch: one step recorded, then replayed as a TorchScript trace).
 - `torch loop`: a hand-written PyTorch loop (`torch.nn` model,
   `torch.optim.Rprop`, forward, backward, step) without Keras.
 
