@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_rprop import rule
 from keras_rprop.optimizers import backend_compat
+from keras_rprop.optimizers import ordering
 from keras_rprop.validation import check_hyperparameters
 from keras_rprop.validation import check_variant
 
@@ -419,16 +420,37 @@ class Rprop(keras.optimizers.Optimizer):
         sign_variable = self._signs[index]
         dtype = step_variable.dtype
         gradient = ops.cast(backend_compat.densify(gradient), dtype)
-        move, new_sign, new_step = rule.rprop_update(
-            gradient,
-            ops.cast(sign_variable, dtype),
-            ops.convert_to_tensor(step_variable),
-            **self._rule_arguments(learning_rate, dtype),
-        )
+        sign = ops.convert_to_tensor(sign_variable)
+        step = ops.convert_to_tensor(step_variable)
+        arguments = self._rule_arguments(learning_rate, dtype)
+
+        def rprop(gradient, sign, step):
+            return rule.rprop_update(
+                gradient, ops.cast(sign, dtype), step, **arguments
+            )
+
+        move, new_sign, new_step = rprop(gradient, sign, step)
         move = backend_compat.propagate_nan(move, gradient)
+        # `+`, not `ops.add`: on TensorFlow `ops.add` turns into a `BiasAdd`
+        # for some shapes, which rejects empty variables.
+        new_value = ops.convert_to_tensor(variable) + ops.cast(
+            move, variable.dtype
+        )
+        if ordering.is_compiled(new_value) and math.prod(variable.shape):
+            # Order XLA's loops weight -> step size -> sign, so that the
+            # donated state is overwritten in place without copies (see
+            # `ordering`). The values are the same bit for bit.
+            new_step = rprop(
+                gradient, sign, ordering.after(step, new_value)
+            )[2]
+            new_sign = rprop(
+                ordering.after(gradient, new_step),
+                ordering.after(sign, new_step),
+                step,
+            )[1]
+        self.assign(variable, new_value)
         self.assign(step_variable, new_step)
         self.assign(sign_variable, ops.cast(new_sign, sign_variable.dtype))
-        self.assign_add(variable, ops.cast(move, variable.dtype))
 
     def _rule_arguments(self, learning_rate, dtype):
         """The arguments of `rule.rprop_update` shared by all tensors of a step."""
