@@ -257,7 +257,7 @@ def _torch_steps(count, size, rng):
         per_variable = name.endswith("(per-variable)")
         optimizer = _make_optimizer(name.replace(" (per-variable)", ""))
         if per_variable:
-            optimizer._use_multi_tensor_path = lambda variables: False
+            optimizer._use_multi_tensor_path = lambda: False
         optimizer.build(variables)
         kwargs = {"loss": loss} if _needs_loss(name) else {}
 

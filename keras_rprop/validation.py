@@ -66,3 +66,12 @@ def check_hyperparameters(initial_step, eta_minus, eta_plus, min_step, max_step)
             f"Received: initial_step={initial_step}"
         )
     return initial_step, eta_minus, eta_plus, min_step, max_step
+
+
+def check_fused(fused):
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError(
+            "Argument `fused` must be True, False or None. "
+            f"Received: fused={fused!r}"
+        )
+    return fused

@@ -78,6 +78,7 @@ def _run(
     dtypes=None,
     calls=None,
     jit_compile=False,
+    **optimizer_kwargs,
 ):
     """Trains `weights` on `gradients`; returns weights, step sizes, signs.
 
@@ -93,10 +94,12 @@ def _run(
     variables = [
         keras.Variable(w, dtype=d) for w, d in zip(weights, dtypes)
     ]
-    optimizer = keras_rprop.Rprop(variant=variant, learning_rate=LEARNING_RATE)
+    optimizer = keras_rprop.Rprop(
+        variant=variant, learning_rate=LEARNING_RATE, **optimizer_kwargs
+    )
     optimizer.build(variables)
     if path == "reference" and BACKEND == "torch":
-        optimizer._use_multi_tensor_path = lambda variables: False
+        optimizer._use_multi_tensor_path = lambda: False
     module = _fast_path_module()
     spying = path == "fast" and module is not None and calls is not None
     if spying:
@@ -277,3 +280,116 @@ def test_compiled_step_overwrites_the_state_without_copies(variant):
     assert " fusion(" in program
     copied = re.findall(r"= ((?:f32|s8)\[[0-9,]+\])\S* copy\(", program)
     assert copied == []
+
+
+# -- The fused kernel of the PyTorch backend --------------------------------
+
+torch_only = pytest.mark.skipif(
+    BACKEND != "torch", reason="torch.compile is the PyTorch backend's"
+)
+
+
+@pytest.fixture
+def kernel_runs(monkeypatch, small_buckets):
+    """Counts the buckets the compiled kernel updated; lets test sizes in."""
+    from keras_rprop.optimizers import torch_fused
+
+    monkeypatch.setattr(torch_fused, "MIN_BUCKET_SIZE", 2)
+    runs = []
+    update_ = torch_fused.update_
+
+    def counting_update_(*args):
+        ran = update_(*args)
+        runs.append(ran)
+        return ran
+
+    monkeypatch.setattr(torch_fused, "update_", counting_update_)
+    return runs
+
+
+@torch_only
+@pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
+def test_fused_kernel_matches_eager_path_bit_for_bit(variant, kernel_runs):
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    fused = _run(variant, "fast", weights, gradients, fused=True)
+    # Every bucket of every step ran the kernel: sliced, concatenated and
+    # single tensors.
+    assert kernel_runs and all(kernel_runs)
+    assert len(kernel_runs) >= 3 * len(LOSSES)
+    reference = _run(variant, "reference", weights, gradients)
+    _assert_same_results(fused, reference)
+
+
+@torch_only
+def test_fused_kernel_float64_and_mixed_dtypes(kernel_runs):
+    # float64 buckets run the kernel; bfloat16 weights (float32 step sizes)
+    # take the eager bucket path, with the same results as the reference.
+    dtypes = ["float32", "float64", "bfloat16", "float32", "float64"]
+    shapes = [(1500,), (40, 30), (300,), (7,), ()]
+    weights = _initial_weights(shapes)
+    gradients = _gradient_sequence(shapes, len(LOSSES))
+    fused = _run("irprop+", "fast", weights, gradients, dtypes=dtypes, fused=True)
+    assert kernel_runs and all(kernel_runs)
+    reference = _run("irprop+", "reference", weights, gradients, dtypes=dtypes)
+    _assert_same_results(fused, reference)
+
+
+@torch_only
+def test_fused_kernel_nan_gradient_gives_nan_weight(kernel_runs):
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    gradients[-1][0][17] = np.nan
+    fused_weights, fused_steps, _ = _run(
+        "rprop+", "fast", weights, gradients, fused=True
+    )
+    assert kernel_runs and all(kernel_runs)
+    assert np.isnan(fused_weights[0][17])
+    assert np.isfinite(np.delete(fused_weights[0], 17)).all()
+    _, reference_steps, _ = _run("rprop+", "reference", weights, gradients)
+    np.testing.assert_array_equal(fused_steps[0], reference_steps[0])
+
+
+@torch_only
+def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
+    from keras_rprop.optimizers import torch_fused
+
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, 2)
+    _run("irprop-", "fast", weights, gradients)  # fused=None, 3,9xx params
+    assert kernel_runs == []
+    _run("irprop-", "fast", weights, gradients, fused=False)
+    assert kernel_runs == []
+    monkeypatch.setattr(torch_fused, "MIN_PARAMETERS", 1000)
+    _run("irprop-", "fast", weights, gradients)
+    assert kernel_runs and all(kernel_runs)
+
+
+@torch_only
+def test_fused_kernel_falls_back_when_compilation_fails(monkeypatch, kernel_runs):
+    import torch
+
+    from keras_rprop.optimizers import torch_fused
+
+    attempts = []
+
+    def broken_compile(function, **kwargs):
+        def compiled(*args):
+            attempts.append(1)
+            raise RuntimeError("no C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch_fused, "_compiled", {})
+    monkeypatch.setattr(torch_fused, "_failure", None)
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fallback = _run("rprop+", "fast", weights, gradients, fused=True)
+    # Tried once, then never again in this process (the other buckets of
+    # the first step, and no later step): no state was lost.
+    assert attempts == [1]
+    assert not any(kernel_runs) and len(kernel_runs) < len(LOSSES)
+    reference = _run("rprop+", "reference", weights, gradients)
+    _assert_same_results(fallback, reference)

@@ -125,3 +125,17 @@ def test_irprop_plus_without_loss_is_a_clear_error():
     optimizer.apply([ops.ones((2,))], [variable], loss=1.0)
     np.testing.assert_allclose(ops.convert_to_numpy(variable), [-0.1, -0.1])
     assert int(ops.convert_to_numpy(optimizer.iterations)) == 1
+
+
+@pytest.mark.parametrize("fused", ["yes", 1, 0.0])
+def test_fused_must_be_a_bool_or_none(fused):
+    with pytest.raises(ValueError, match=r"Argument `fused`.*Received: fused="):
+        keras_rprop.Rprop(fused=fused)
+
+
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_fused_round_trips_through_the_config(fused):
+    optimizer = keras_rprop.Rprop(fused=fused)
+    assert optimizer.get_config()["fused"] is fused
+    restored = keras_rprop.Rprop.from_config(optimizer.get_config())
+    assert restored.fused is fused

@@ -20,6 +20,7 @@ from keras import ops
 
 from keras_rprop import rule
 from keras_rprop.optimizers import backend_compat
+from keras_rprop.optimizers import torch_fused
 
 # Elements per bucket: the rule's temporaries of one bucket (1 MiB each in
 # float32) stay in the last-level cache, and the ~30 calls of the rule, a
@@ -28,23 +29,6 @@ from keras_rprop.optimizers import backend_compat
 BUCKET_SIZE = 1 << 18
 
 
-def is_supported(optimizer, trainable_variables):
-    """Whether `update` can run the step of these variables.
-
-    Variables without Rprop state (those overwritten with their gradient)
-    and non-contiguous storage, which cannot be viewed flat in place, fall
-    back to the per-variable path.
-    """
-    for variable in trainable_variables:
-        index = optimizer._get_variable_index(variable)
-        if optimizer._steps[index] is None:
-            return False
-        if not variable.value.is_contiguous():
-            return False
-    return True
-
-
-@torch.no_grad()
 def update(optimizer, grads, trainable_variables, learning_rate):
     """Applies one Rprop step to all variables, a bucket at a time.
 
@@ -54,39 +38,62 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         grads: The gradients, one per variable (torch tensors).
         trainable_variables: The Keras variables to update in place.
         learning_rate: The learning rate of this step, a scalar.
+
+    Returns:
+        `False`, having changed nothing, if a variable cannot take this path:
+        one without Rprop state (overwritten with its gradient) or with
+        non-contiguous storage, which cannot be viewed flat in place. The
+        per-variable path must run instead. `True` otherwise.
     """
     groups = {}
+    count = 0
     for grad, variable in zip(grads, trainable_variables):
         index = optimizer._get_variable_index(variable)
         step_variable = optimizer._steps[index]
-        step = step_variable.value
-        sign = optimizer._signs[index].value
+        value = variable.value
+        if step_variable is None or not value.is_contiguous():
+            return False
+        count += value.numel()
         groups.setdefault(step_variable.dtype, []).append(
             (
                 ops.convert_to_tensor(grad).reshape(-1),
-                variable.value.view(-1),
-                step.view(-1),
-                sign.view(-1),
+                value.view(-1),
+                step_variable.value.view(-1),
+                optimizer._signs[index].value.view(-1),
             )
         )
-    # Variables of several dtypes may share a bucket: each one's move is
-    # cast to its own dtype, as the per-variable path does.
-    for dtype, tensors in groups.items():
-        arguments = optimizer._rule_arguments(learning_rate, dtype)
-        for bucket in _buckets(tensors, BUCKET_SIZE):
-            _update_bucket(bucket, arguments)
+    fused = torch_fused.use_fused(optimizer, count)
+    with torch.no_grad():
+        # Variables of several dtypes may share a bucket: each one's move is
+        # cast to its own dtype, as the per-variable path does.
+        for dtype, tensors in groups.items():
+            arguments = optimizer._rule_arguments(learning_rate, dtype)
+            if fused:
+                kernel_arguments = torch_fused.kernel_arguments(arguments)
+            # The fused kernel has no temporaries to keep in cache: it takes
+            # large tensors whole, in one call each.
+            for bucket in _buckets(tensors, BUCKET_SIZE, split=not fused):
+                if not (
+                    fused and _update_bucket_fused(bucket, kernel_arguments)
+                ):
+                    _update_bucket(bucket, arguments)
+    return True
 
 
-def _buckets(tensors, size):
+def _buckets(tensors, size, split=True):
     """Groups flat `(grad, var, step, sign)` views into buckets of `size`.
 
-    Yields lists of tuples of views: one slice of a large tensor, or several
-    whole small tensors whose sizes add up to about `size`.
+    Yields lists of tuples of views: one slice of a large tensor (or the
+    whole tensor if not `split`), or several whole small tensors whose sizes
+    add up to about `size`.
     """
     pending = []
     pending_size = 0
     for views in tensors:
         count = views[0].numel()
+        if count >= size and not split:
+            yield [views]
+            continue
         if count >= size:
             for start in range(0, count, size):
                 yield [tuple(v[start : start + size] for v in views)]
@@ -99,6 +106,29 @@ def _buckets(tensors, size):
             pending_size = 0
     if pending:
         yield pending
+
+
+def _update_bucket_fused(bucket, kernel_arguments):
+    """Runs the compiled kernel on a bucket; returns whether it could."""
+    grads, variables, steps, signs = zip(*bucket)
+    if not all(
+        torch_fused.supports(v, g, s) for g, v, s, _ in bucket
+    ) or not torch_fused.supports_size(sum(s.numel() for s in steps)):
+        return False
+    if len(bucket) == 1:
+        flat = (variables[0], grads[0], steps[0], signs[0])
+    else:
+        flat = tuple(torch.cat(t) for t in (variables, grads, steps, signs))
+    if not torch_fused.update_(*flat, kernel_arguments):
+        return False
+    if len(bucket) > 1:
+        # The kernel updated the concatenations: copy them back.
+        sizes = [v.numel() for v in variables]
+        for originals, updated in zip(
+            (variables, steps, signs), (flat[0], flat[2], flat[3])
+        ):
+            torch._foreach_copy_(list(originals), list(updated.split(sizes)))
+    return True
 
 
 def _update_bucket(bucket, arguments):

@@ -8,6 +8,7 @@ from keras import ops
 from keras_rprop import rule
 from keras_rprop.optimizers import backend_compat
 from keras_rprop.optimizers import ordering
+from keras_rprop.validation import check_fused
 from keras_rprop.validation import check_hyperparameters
 from keras_rprop.validation import check_variant
 
@@ -87,6 +88,12 @@ class Rprop(keras.optimizers.Optimizer):
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a
             callable that takes no arguments and returns the value to use.
             Multiplies every applied move. Defaults to `1.0` (the papers).
+        fused: On the PyTorch backend, whether the update runs as one kernel
+            compiled by `torch.compile` (one pass over memory, several
+            times faster than eager PyTorch; compiling takes a few seconds
+            once per process). `None` (default) compiles it for models of
+            at least 2**20 parameters, `True` always, `False` never. Other
+            backends compile the update with XLA anyway and ignore it.
         weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
         ema_momentum, ema_overwrite_frequency, loss_scale_factor,
         gradient_accumulation_steps, name: The arguments of every
@@ -114,6 +121,7 @@ class Rprop(keras.optimizers.Optimizer):
         min_step=1e-6,
         max_step=50.0,
         learning_rate=1.0,
+        fused=None,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -162,6 +170,7 @@ class Rprop(keras.optimizers.Optimizer):
         self.eta_plus = eta_plus
         self.min_step = min_step
         self.max_step = max_step
+        self.fused = check_fused(fused)
 
         # Global scalars. They are created here, not in `build`, so that their
         # place in a checkpoint does not depend on the model. Every variant
@@ -367,15 +376,7 @@ class Rprop(keras.optimizers.Optimizer):
     # -- The update --------------------------------------------------------
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if self._use_multi_tensor_path(trainable_variables):
-            from keras_rprop.optimizers import multi_tensor
-
-            multi_tensor.update(self, grads, trainable_variables, learning_rate)
-        elif self._use_xla_update(grads):
-            from keras_rprop.optimizers import xla_update
-
-            xla_update.update(self, grads, trainable_variables, learning_rate)
-        else:
+        if not self._fast_update(grads, trainable_variables, learning_rate):
             super()._backend_update_step(
                 grads, trainable_variables, learning_rate
             )
@@ -391,27 +392,36 @@ class Rprop(keras.optimizers.Optimizer):
             ops.copy(ops.cast(learning_rate, "float32"))
         )
 
-    def _use_multi_tensor_path(self, trainable_variables):
-        # Only on PyTorch: there every operation is a separate eager call,
-        # while TensorFlow (`tf.function`) and JAX (`jit`) compile the
-        # per-variable loop into one program. Inside a `StatelessScope` the
-        # variables must not be written in place.
-        if keras.backend.backend() != "torch":
-            return False
-        if keras.src.backend.common.stateless_scope.in_stateless_scope():
-            return False
-        from keras_rprop.optimizers import multi_tensor
+    def _fast_update(self, grads, trainable_variables, learning_rate):
+        """Runs the backend's own update path; `False` where it cannot.
 
-        return multi_tensor.is_supported(self, trainable_variables)
+        PyTorch runs every operation eagerly, so its path updates many
+        tensors per call (`multi_tensor`). A plain TensorFlow graph runs each
+        operation of the rule as a pass over memory, so its path compiles
+        the update with XLA (`xla_update`). JAX compiles the per-variable
+        loop of Keras into one program already.
+        """
+        backend = keras.backend.backend()
+        if backend == "torch" and self._use_multi_tensor_path():
+            from keras_rprop.optimizers import multi_tensor
 
-    def _use_xla_update(self, grads):
-        # Only on TensorFlow, where a plain `tf.function` would run each
-        # operation of the rule as a separate pass over memory.
-        if keras.backend.backend() != "tensorflow":
-            return False
-        from keras_rprop.optimizers import xla_update
+            return multi_tensor.update(
+                self, grads, trainable_variables, learning_rate
+            )
+        if backend == "tensorflow":
+            from keras_rprop.optimizers import xla_update
 
-        return xla_update.is_supported(grads)
+            if xla_update.is_supported(grads):
+                xla_update.update(
+                    self, grads, trainable_variables, learning_rate
+                )
+                return True
+        return False
+
+    def _use_multi_tensor_path(self):
+        # Inside a `StatelessScope` the variables must not be written in
+        # place.
+        return not keras.src.backend.common.stateless_scope.in_stateless_scope()
 
     def update_step(self, gradient, variable, learning_rate):
         """Update step given gradient and the associated model variable."""
@@ -495,6 +505,7 @@ class Rprop(keras.optimizers.Optimizer):
                 "eta_plus": self.eta_plus,
                 "min_step": self.min_step,
                 "max_step": self.max_step,
+                "fused": self.fused,
             }
         )
         return config

@@ -1,0 +1,191 @@
+"""The fused Rprop update of the PyTorch backend, compiled by `torch.compile`.
+
+Run eagerly, the rule is some thirty PyTorch operations, each a pass over
+its tensor with a temporary of its own, where the update needs one pass:
+read the gradient, the weight, the step size and the sign, write the last
+three. `torch.compile` (Inductor) turns `keras_rprop.rule.rprop_update` into
+one C++ loop that does exactly that, in place. It is the same rule, traced,
+so the result is the eager result bit for bit (Inductor's C++ is built
+without floating-point contraction, and keeps NaN semantics).
+
+Compiling takes a few seconds once per process and variant, which only pays
+off on large models: see `use_fused`. Every shape shares one compiled kernel
+(`dynamic=True`), and each variant has a function of its own, so that the
+variants do not crowd each other out of Dynamo's per-function cache.
+"""
+
+import warnings
+
+import torch
+
+from keras_rprop import rule
+from keras_rprop.optimizers import backend_compat
+
+# Below this many parameters the default (`fused=None`) stays eager: the
+# one-off compilation (~3-5 s per variant on 2 cores) outweighs what a small
+# model's training saves.
+MIN_PARAMETERS = 1 << 20
+
+# Smaller buckets run eagerly: they are cheap either way, and Dynamo would
+# compile separate kernels for sizes 0 and 1.
+MIN_BUCKET_SIZE = 1024
+
+_DTYPES = (torch.float32, torch.float64)
+
+_compiled = {}
+_failure = None
+
+
+def use_fused(optimizer, parameter_count):
+    """Whether this step of `optimizer` runs the compiled kernel.
+
+    `fused=True` always does, `fused=False` never, and `fused=None` does for
+    models of at least `MIN_PARAMETERS` parameters. Never while the step is
+    itself being traced (`make_fx` records of the fast loop, Dynamo), nor
+    after compilation failed once in this process.
+    """
+    fused = optimizer.fused
+    if fused is False or _failure is not None or _is_tracing():
+        return False
+    if fused is None:
+        return parameter_count >= MIN_PARAMETERS
+    return True
+
+
+def supports(weight, gradient, step):
+    """Whether the kernel computes the update of these tensors.
+
+    Weights of another dtype than their step sizes (16-bit weights) must
+    round the move to their dtype before adding it, as the eager path does.
+    """
+    return (
+        step.dtype in _DTYPES
+        and weight.dtype == step.dtype
+        and gradient.dtype == step.dtype
+    )
+
+
+def supports_size(count):
+    """Whether a bucket of `count` elements is large enough for the kernel."""
+    return count >= MIN_BUCKET_SIZE
+
+
+def kernel_arguments(arguments):
+    """The kernel's arguments, from those of `rule.rprop_update`.
+
+    The hyper-parameters become tensors of the step sizes' dtype (the rule
+    rounds the Python floats to that dtype too), so that Dynamo does not
+    compile a kernel per value.
+    """
+    dtype = arguments["learning_rate"].dtype
+    return (
+        arguments["variant"],
+        arguments["learning_rate"],
+        arguments["previous_learning_rate"],
+        arguments["loss_increased"],
+        *(
+            torch.tensor(arguments[name], dtype=dtype)
+            for name in ("eta_minus", "eta_plus", "min_step", "max_step")
+        ),
+    )
+
+
+def update_(weight, gradient, step, sign, kernel_arguments):
+    """Applies the rule to flat tensors in place, with the compiled kernel.
+
+    Args:
+        weight, gradient, step, sign: Flat tensors of one bucket; `weight`,
+            `step` and `sign` are updated in place.
+        kernel_arguments: From `kernel_arguments`.
+
+    Returns:
+        `True` if the kernel ran, `False` if it could not be compiled (the
+        tensors are then untouched; a warning says why, once per process).
+    """
+    global _failure
+    if _failure is not None:
+        return False
+    variant, *scalars = kernel_arguments
+    kernel = _compiled.get(variant)
+    if kernel is None:
+        kernel = torch.compile(_KERNELS[variant], dynamic=True, fullgraph=True)
+        _compiled[variant] = kernel
+    try:
+        kernel(weight, gradient, step, sign, *scalars)
+    except Exception as error:  # Compilers fail in many ways.
+        _failure = error
+        warnings.warn(
+            "keras_rprop: `torch.compile` could not compile the fused Rprop "
+            "update, so the eager multi-tensor update runs instead (same "
+            f"results, slower). The error was: {type(error).__name__}: "
+            f"{error}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def _is_tracing():
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
+
+
+def _update(
+    weight,
+    gradient,
+    step,
+    sign,
+    learning_rate,
+    previous_learning_rate,
+    loss_increased,
+    eta_minus,
+    eta_plus,
+    min_step,
+    max_step,
+    *,
+    variant,
+):
+    move, new_sign, new_step = rule.rprop_update(
+        gradient,
+        sign.to(step.dtype),
+        step,
+        variant=variant,
+        eta_minus=eta_minus,
+        eta_plus=eta_plus,
+        min_step=min_step,
+        max_step=max_step,
+        learning_rate=learning_rate,
+        previous_learning_rate=previous_learning_rate,
+        loss_increased=loss_increased,
+    )
+    move = backend_compat.propagate_nan(move, gradient)
+    weight.add_(move)
+    step.copy_(new_step)
+    sign.copy_(new_sign.to(sign.dtype))
+
+
+# One function (one code object, one Dynamo cache) per variant.
+def _rprop_plus(*args):
+    _update(*args, variant=rule.RPROP_PLUS)
+
+
+def _rprop_minus(*args):
+    _update(*args, variant=rule.RPROP_MINUS)
+
+
+def _irprop_plus(*args):
+    _update(*args, variant=rule.IRPROP_PLUS)
+
+
+def _irprop_minus(*args):
+    _update(*args, variant=rule.IRPROP_MINUS)
+
+
+_KERNELS = {
+    rule.RPROP_PLUS: _rprop_plus,
+    rule.RPROP_MINUS: _rprop_minus,
+    rule.IRPROP_PLUS: _irprop_plus,
+    rule.IRPROP_MINUS: _irprop_minus,
+}
