@@ -393,3 +393,37 @@ def test_fused_kernel_falls_back_when_compilation_fails(monkeypatch, kernel_runs
     assert not any(kernel_runs) and len(kernel_runs) < len(LOSSES)
     reference = _run("rprop+", "reference", weights, gradients)
     _assert_same_results(fallback, reference)
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="PyTorch runs no XLA program"
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "int8"])
+def test_ordering_after_returns_its_input_bit_for_bit(dtype):
+    from keras_rprop.optimizers import ordering
+
+    if dtype == "int8":
+        values = np.array([-1, 0, 1, 127, -128])
+    else:
+        values = np.array(
+            [-0.0, 0.0, np.nan, np.inf, -np.inf, 1e-45, -3.5, 1e30]
+        )
+    x = keras.ops.convert_to_tensor(values, dtype=dtype)
+    # The dependency's first element is every special value in turn.
+    for first in [np.nan, -0.0, np.inf, -1.0, 3.0]:
+        dependency = keras.ops.convert_to_tensor([first, 2.0], "float32")
+        if BACKEND == "jax":
+            import jax
+
+            result = jax.jit(ordering.after)(x, dependency)
+        else:
+            import tensorflow as tf
+
+            result = tf.function(ordering.after, jit_compile=True)(
+                x, dependency
+            )
+        # (float64 is float32 on JAX unless x64 is enabled.)
+        assert result.dtype == x.dtype
+        expected = keras.ops.convert_to_numpy(x)
+        got = keras.ops.convert_to_numpy(result)
+        assert got.tobytes() == expected.tobytes()

@@ -30,9 +30,9 @@ _UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 def is_compiled(tensor):
     """Whether `tensor` is being traced into an XLA-compiled program.
 
-    Eagerly the three loops are separate operations anyway (and recomputing
-    the rule for each output would triple the work), so the ordering only
-    applies while tracing with JAX or inside a TensorFlow graph.
+    Eagerly, or in a TensorFlow graph that XLA does not compile (under
+    `tf.distribute`, say), every operation is a pass of its own anyway, and
+    recomputing the rule for each output would only triple the work.
     """
     backend = keras.backend.backend()
     if backend == "jax":
@@ -42,7 +42,14 @@ def is_compiled(tensor):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return not tf.executing_eagerly()
+        if tf.executing_eagerly():
+            return False
+        try:
+            from tensorflow.python.ops import control_flow_util
+        except ImportError:  # A TensorFlow that moved it: no ordering.
+            return False
+        graph = tf.compat.v1.get_default_graph()
+        return control_flow_util.GraphOrParentsInXlaContext(graph)
     return False
 
 
