@@ -427,3 +427,35 @@ def test_ordering_after_returns_its_input_bit_for_bit(dtype):
         expected = keras.ops.convert_to_numpy(x)
         got = keras.ops.convert_to_numpy(result)
         assert got.tobytes() == expected.tobytes()
+
+
+@torch_only
+def test_multi_tensor_plan_follows_the_variables_applied(small_buckets):
+    # The flat views are kept between steps; a step on another list of
+    # variables (a subset, another order) must not reuse them.
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, 4)
+    orders = [
+        list(range(len(SHAPES))),
+        [2, 0, 5],
+        list(reversed(range(len(SHAPES)))),
+        list(range(len(SHAPES))),
+    ]
+    results = []
+    for path in ("fast", "reference"):
+        variables = [keras.Variable(w) for w in weights]
+        optimizer = keras_rprop.Rprop(variant="rprop+")
+        optimizer.build(variables)
+        if path == "reference":
+            optimizer._use_multi_tensor_path = lambda: False
+        for grads, order in zip(gradients, orders):
+            optimizer.apply(
+                [keras.ops.convert_to_tensor(grads[i]) for i in order],
+                [variables[i] for i in order],
+            )
+        results.append(
+            [keras.ops.convert_to_numpy(v) for v in variables]
+            + [keras.ops.convert_to_numpy(s) for s in optimizer._steps]
+        )
+    for fast, reference in zip(*results):
+        np.testing.assert_array_equal(fast, reference)

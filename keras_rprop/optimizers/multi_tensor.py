@@ -11,8 +11,10 @@ This path applies `keras_rprop.rule.rprop_update` to buckets of about
 `BUCKET_SIZE` elements instead: small variables are concatenated into one
 bucket, large ones are cut into views of that size. Every bucket's
 temporaries then fit in the CPU caches, and the number of calls no longer
-grows with the number of variables. The rule is element-wise, so the result
-is bit-for-bit the one of the per-variable path.
+grows with the number of variables. With `fused` (see `torch_fused`), each
+bucket runs the rule compiled into one loop instead, and large tensors are
+not cut. The rule is element-wise, so either way the result is bit for bit
+the one of the per-variable path.
 """
 
 import torch
@@ -45,34 +47,29 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         non-contiguous storage, which cannot be viewed flat in place. The
         per-variable path must run instead. `True` otherwise.
     """
-    groups = {}
-    count = 0
-    for grad, variable in zip(grads, trainable_variables):
-        index = optimizer._get_variable_index(variable)
-        step_variable = optimizer._steps[index]
-        value = variable.value
-        if step_variable is None or not value.is_contiguous():
-            return False
-        count += value.numel()
-        groups.setdefault(step_variable.dtype, []).append(
-            (
-                ops.convert_to_tensor(grad).reshape(-1),
-                value.view(-1),
-                step_variable.value.view(-1),
-                optimizer._signs[index].value.view(-1),
-            )
-        )
-    fused = torch_fused.use_fused(optimizer, count)
+    plan = _plan(optimizer, trainable_variables)
+    if plan is None:
+        return False
+    fused = torch_fused.use_fused(optimizer, plan.parameter_count)
+    flat_grads = [
+        (g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g))
+        .reshape(-1)
+        for g in grads
+    ]
     with torch.no_grad():
         # Variables of several dtypes may share a bucket: each one's move is
         # cast to its own dtype, as the per-variable path does.
-        for dtype, tensors in groups.items():
+        for dtype in plan.dtypes:
             arguments = optimizer._rule_arguments(learning_rate, dtype)
             if fused:
                 kernel_arguments = torch_fused.kernel_arguments(arguments)
             # The fused kernel has no temporaries to keep in cache: it takes
             # large tensors whole, in one call each.
-            for bucket in _buckets(tensors, BUCKET_SIZE, split=not fused):
+            for layout in plan.buckets(dtype, split=not fused):
+                bucket = [
+                    (flat_grads[i][part], weight, step, sign)
+                    for i, part, weight, step, sign in layout
+                ]
                 if not (
                     fused and _update_bucket_fused(bucket, kernel_arguments)
                 ):
@@ -80,25 +77,95 @@ def update(optimizer, grads, trainable_variables, learning_rate):
     return True
 
 
-def _buckets(tensors, size, split=True):
-    """Groups flat `(grad, var, step, sign)` views into buckets of `size`.
+class _Plan:
+    """Flat views of the variables and their state, and their buckets.
 
-    Yields lists of tuples of views: one slice of a large tensor (or the
-    whole tensor if not `split`), or several whole small tensors whose sizes
-    add up to about `size`.
+    Building them costs a few microseconds per variable (Keras's `value`
+    property, views), as much as the whole update of a small variable, so
+    the plan is kept between steps for as long as the variables hold the
+    same tensors (Keras assigns in place).
+    """
+
+    def __init__(self, values, members):
+        self.values = values
+        self.parameter_count = sum(v.numel() for v in values)
+        self._members = {}
+        for dtype, member in members:
+            self._members.setdefault(dtype, []).append(member)
+        self.dtypes = list(self._members)
+        self._buckets = {}
+
+    def is_for(self, values):
+        return len(values) == len(self.values) and all(
+            a is b for a, b in zip(values, self.values)
+        )
+
+    def buckets(self, dtype, split):
+        """The buckets of `dtype`, as lists of `(i, part, var, step, sign)`.
+
+        `i` is the index of the gradient and `part` the slice of its flat
+        view that goes with the flat views of the variable and its state.
+        """
+        key = (dtype, split, BUCKET_SIZE)
+        if key not in self._buckets:
+            self._buckets[key] = list(
+                _buckets(self._members[dtype], BUCKET_SIZE, split)
+            )
+        return self._buckets[key]
+
+
+def _plan(optimizer, trainable_variables):
+    values = [variable.value for variable in trainable_variables]
+    # A record (`make_fx`) must see views made from its input tensors, or
+    # it would freeze the views as constants of the record.
+    tracing = torch_fused.is_tracing()
+    plan = getattr(optimizer, "_multi_tensor_plan", None)
+    if plan is not None and not tracing and plan.is_for(values):
+        return plan
+    members = []
+    for i, (variable, value) in enumerate(zip(trainable_variables, values)):
+        index = optimizer._get_variable_index(variable)
+        step_variable = optimizer._steps[index]
+        if step_variable is None or not value.is_contiguous():
+            return None
+        members.append(
+            (
+                step_variable.dtype,
+                (
+                    i,
+                    value.view(-1),
+                    step_variable.value.view(-1),
+                    optimizer._signs[index].value.view(-1),
+                ),
+            )
+        )
+    plan = _Plan(values, members)
+    if not tracing:
+        optimizer._multi_tensor_plan = plan
+    return plan
+
+
+def _buckets(members, size, split=True):
+    """Groups flat `(i, var, step, sign)` views into buckets of `size`.
+
+    Yields lists of `(i, part, var, step, sign)`: one slice of a large
+    tensor (or the whole tensor if not `split`), or several whole small
+    tensors whose sizes add up to about `size`.
     """
     pending = []
     pending_size = 0
-    for views in tensors:
+    whole = slice(None)
+    for i, *views in members:
         count = views[0].numel()
-        if count >= size and not split:
-            yield [views]
+        if count >= size and split:
+            for start in range(0, count, size):
+                part = slice(start, start + size)
+                yield [(i, part, *(v[part] for v in views))]
             continue
         if count >= size:
-            for start in range(0, count, size):
-                yield [tuple(v[start : start + size] for v in views)]
+            yield [(i, whole, *views)]
             continue
-        pending.append(views)
+        pending.append((i, whole, *views))
         pending_size += count
         if pending_size >= size:
             yield pending

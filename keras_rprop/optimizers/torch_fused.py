@@ -45,7 +45,7 @@ def use_fused(optimizer, parameter_count):
     after compilation failed once in this process.
     """
     fused = optimizer.fused
-    if fused is False or _failure is not None or _is_tracing():
+    if fused is False or _failure is not None or is_tracing():
         return False
     if fused is None:
         return parameter_count >= MIN_PARAMETERS
@@ -126,7 +126,7 @@ def update_(weight, gradient, step, sign, kernel_arguments):
     return True
 
 
-def _is_tracing():
+def is_tracing():
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
     return torch.compiler.is_compiling() or get_proxy_mode() is not None
