@@ -71,7 +71,10 @@ def update(optimizer, grads, trainable_variables, learning_rate):
                     for i, part, weight, step, sign in layout
                 ]
                 if not (
-                    fused and _update_bucket_fused(bucket, kernel_arguments)
+                    fused
+                    and _update_bucket_fused(
+                        bucket, kernel_arguments, plan.workspace
+                    )
                 ):
                     _update_bucket(bucket, arguments)
     return True
@@ -94,6 +97,21 @@ class _Plan:
             self._members.setdefault(dtype, []).append(member)
         self.dtypes = list(self._members)
         self._buckets = {}
+        self._workspace = {}
+
+    def workspace(self, tensors, count):
+        """Flat buffers of `count` elements, like `tensors`, kept for reuse.
+
+        Concatenating into fresh tensors of a few MiB costs more than the
+        update itself: the allocator hands such sizes back to the system,
+        and every step then faults their pages in again.
+        """
+        key = tuple(t.dtype for t in tensors)
+        buffers = self._workspace.get(key)
+        if buffers is None or buffers[0].numel() < count:
+            buffers = tuple(torch.empty(count, dtype=d) for d in key)
+            self._workspace[key] = buffers
+        return tuple(b[:count] for b in buffers)
 
     def is_for(self, values):
         return len(values) == len(self.values) and all(
@@ -175,7 +193,7 @@ def _buckets(members, size, split=True):
         yield pending
 
 
-def _update_bucket_fused(bucket, kernel_arguments):
+def _update_bucket_fused(bucket, kernel_arguments, workspace):
     """Runs the compiled kernel on a bucket; returns whether it could."""
     grads, variables, steps, signs = zip(*bucket)
     if not all(
@@ -185,7 +203,12 @@ def _update_bucket_fused(bucket, kernel_arguments):
     if len(bucket) == 1:
         flat = (variables[0], grads[0], steps[0], signs[0])
     else:
-        flat = tuple(torch.cat(t) for t in (variables, grads, steps, signs))
+        parts = (variables, grads, steps, signs)
+        flat = workspace(
+            [p[0] for p in parts], sum(s.numel() for s in steps)
+        )
+        for tensors, out in zip(parts, flat):
+            torch.cat(tensors, out=out)
     if not torch_fused.update_(*flat, kernel_arguments):
         return False
     if len(bucket) > 1:
