@@ -277,9 +277,8 @@ def _torch_steps(count, size, rng):
             start = time.perf_counter()
             step()
             print(
-                f"  torch, {count} x {size:,}: {name} compiled its kernel in "
-                f"{time.perf_counter() - start:.1f} s",
-                file=sys.stderr,
+                f"NOTE torch, {count} x {size:,}: {name}: first step, "
+                f"compiling the kernel, {time.perf_counter() - start:.1f} s"
             )
         steps[name] = step
         state_bytes[name] = _state_bytes(
@@ -437,7 +436,7 @@ def main(argv=None):
         print("RESULTS " + json.dumps(results))
         return
 
-    results = []
+    results, notes = [], []
     for backend in args.backends.split(","):
         command = [
             sys.executable,
@@ -462,7 +461,14 @@ def main(argv=None):
             sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
             raise SystemExit(f"The {backend} benchmark failed.")
         results.extend(json.loads(lines[-1][len("RESULTS ") :]))
+        notes += [
+            line[len("NOTE ") :]
+            for line in done.stdout.splitlines()
+            if line.startswith("NOTE ")
+        ]
     _print_table(results)
+    for note in notes:
+        print(note)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=1)
