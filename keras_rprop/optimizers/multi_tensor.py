@@ -106,10 +106,13 @@ class _Plan:
         update itself: the allocator hands such sizes back to the system,
         and every step then faults their pages in again.
         """
-        key = tuple(t.dtype for t in tensors)
+        key = tuple((t.dtype, t.device) for t in tensors)
         buffers = self._workspace.get(key)
         if buffers is None or buffers[0].numel() < count:
-            buffers = tuple(torch.empty(count, dtype=d) for d in key)
+            buffers = tuple(
+                torch.empty(count, dtype=dtype, device=device)
+                for dtype, device in key
+            )
             self._workspace[key] = buffers
         return tuple(b[:count] for b in buffers)
 

@@ -77,14 +77,15 @@ def kernel_arguments(arguments):
     rounds the Python floats to that dtype too), so that Dynamo does not
     compile a kernel per value.
     """
-    dtype = arguments["learning_rate"].dtype
+    learning_rate = arguments["learning_rate"]
+    dtype, device = learning_rate.dtype, learning_rate.device
     return (
         arguments["variant"],
         arguments["learning_rate"],
         arguments["previous_learning_rate"],
         arguments["loss_increased"],
         *(
-            torch.tensor(arguments[name], dtype=dtype)
+            torch.tensor(arguments[name], dtype=dtype, device=device)
             for name in ("eta_minus", "eta_plus", "min_step", "max_step")
         ),
     )
