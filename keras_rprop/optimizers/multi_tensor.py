@@ -63,20 +63,22 @@ def update(optimizer, grads, trainable_variables, learning_rate):
             arguments = optimizer._rule_arguments(learning_rate, dtype)
             if fused:
                 kernel_arguments = torch_fused.kernel_arguments(arguments)
-            # The fused kernel has no temporaries to keep in cache: it takes
-            # large tensors whole, in one call each.
-            for layout in plan.buckets(dtype, split=not fused):
+            if fused:
+                buckets = plan.fused_buckets(dtype)
+            else:
+                buckets = [None] * len(plan.buckets(dtype, split=True))
+            for layout, fused_bucket in zip(
+                plan.buckets(dtype, split=not fused), buckets
+            ):
+                if fused_bucket is not None and fused_bucket.run(
+                    flat_grads, kernel_arguments
+                ):
+                    continue
                 bucket = [
                     (flat_grads[i][part], weight, step, sign)
                     for i, part, weight, step, sign in layout
                 ]
-                if not (
-                    fused
-                    and _update_bucket_fused(
-                        bucket, kernel_arguments, plan.workspace
-                    )
-                ):
-                    _update_bucket(bucket, arguments)
+                _update_bucket(bucket, arguments)
     return True
 
 
@@ -120,6 +122,24 @@ class _Plan:
         return len(values) == len(self.values) and all(
             a is b for a, b in zip(values, self.values)
         )
+
+    def fused_buckets(self, dtype):
+        """The `_FusedBucket`s of `dtype`, one per bucket of large tensors
+        taken whole (the fused kernel has no temporaries to keep in cache).
+        """
+        key = (dtype, "fused", BUCKET_SIZE)
+        if key not in self._buckets:
+            layouts = self.buckets(dtype, split=False)
+            # Sized once for the largest bucket: every bucket keeps views.
+            shared = [layout for layout in layouts if len(layout) > 1]
+            if shared:
+                counts = [sum(v[3].numel() for v in l) for l in shared]
+                _, _, weight, step, sign = shared[0][0]
+                self.workspace([weight, step, step, sign], max(counts))
+            self._buckets[key] = [
+                _FusedBucket(layout, self.workspace) for layout in layouts
+            ]
+        return self._buckets[key]
 
     def buckets(self, dtype, split):
         """The buckets of `dtype`, as lists of `(i, part, var, step, sign)`.
@@ -196,32 +216,62 @@ def _buckets(members, size, split=True):
         yield pending
 
 
-def _update_bucket_fused(bucket, kernel_arguments, workspace):
-    """Runs the compiled kernel on a bucket; returns whether it could."""
-    grads, variables, steps, signs = zip(*bucket)
-    if not all(
-        torch_fused.supports(v, g, s) for g, v, s, _ in bucket
-    ) or not torch_fused.supports_size(sum(s.numel() for s in steps)):
-        return False
-    if len(bucket) == 1:
-        flat = (variables[0], grads[0], steps[0], signs[0])
-    else:
-        parts = (variables, grads, steps, signs)
-        flat = workspace(
-            [p[0] for p in parts], sum(s.numel() for s in steps)
+class _FusedBucket:
+    """One bucket of the fused path, with what does not change per step.
+
+    The views into the reused concatenation buffers and the lists of the
+    variables' flat views are made once: per step the bucket only
+    concatenates, runs the kernel and copies back, a handful of calls.
+    """
+
+    def __init__(self, layout, workspace):
+        self.indices = [i for i, *_ in layout]
+        self.parts = [part for _, part, *_ in layout]
+        _, _, weights, steps, signs = zip(*layout)
+        self.weights, self.steps, self.signs = (
+            list(weights),
+            list(steps),
+            list(signs),
         )
-        for tensors, out in zip(parts, flat):
-            torch.cat(tensors, out=out)
-    if not torch_fused.update_(*flat, kernel_arguments):
-        return False
-    if len(bucket) > 1:
-        # The kernel updated the concatenations: copy them back.
-        sizes = [v.numel() for v in variables]
-        for originals, updated in zip(
-            (variables, steps, signs), (flat[0], flat[2], flat[3])
-        ):
-            torch._foreach_copy_(list(originals), list(updated.split(sizes)))
-    return True
+        self.dtype = steps[0].dtype
+        count = sum(s.numel() for s in steps)
+        self.supported = torch_fused.supports_size(count) and all(
+            torch_fused.supports(w, s, s) for w, s in zip(weights, steps)
+        )
+        self.flat = None
+        if self.supported and len(layout) > 1:
+            self.flat = workspace([weights[0], steps[0], steps[0], signs[0]], count)
+            sizes = [s.numel() for s in steps]
+            self.copies_back = [
+                (originals, list(flat.split(sizes)))
+                for originals, flat in zip(
+                    (self.weights, self.steps, self.signs),
+                    (self.flat[0], self.flat[2], self.flat[3]),
+                )
+            ]
+
+    def run(self, flat_grads, kernel_arguments):
+        """Updates the bucket with the kernel; returns whether it could."""
+        if not self.supported:
+            return False
+        grads = [flat_grads[i][part] for i, part in zip(self.indices, self.parts)]
+        if any(g.dtype != self.dtype for g in grads):
+            return False
+        if self.flat is None:
+            flat = (self.weights[0], grads[0], self.steps[0], self.signs[0])
+        else:
+            flat = self.flat
+            for tensors, out in zip(
+                (self.weights, grads, self.steps, self.signs), flat
+            ):
+                torch.cat(tensors, out=out)
+        if not torch_fused.update_(*flat, kernel_arguments):
+            return False
+        if self.flat is not None:
+            # The kernel updated the concatenations: copy them back.
+            for originals, updated in self.copies_back:
+                torch._foreach_copy_(originals, updated)
+        return True
 
 
 def _update_bucket(bucket, arguments):
