@@ -55,6 +55,9 @@ def small_buckets(monkeypatch):
         from keras_rprop.optimizers import multi_tensor
 
         monkeypatch.setattr(multi_tensor, "BUCKET_SIZE", TEST_BUCKET_SIZE)
+        monkeypatch.setattr(
+            multi_tensor, "FUSED_BUCKET_SIZE", TEST_BUCKET_SIZE
+        )
 
 
 def _fast_path_module():
