@@ -402,6 +402,7 @@ def test_fused_kernel_falls_back_when_compilation_fails(monkeypatch, kernel_runs
     BACKEND == "torch", reason="PyTorch runs no XLA program"
 )
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "int8"])
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
 def test_ordering_after_returns_its_input_bit_for_bit(dtype):
     from keras_rprop.optimizers import ordering
 
