@@ -170,9 +170,7 @@ def _jax_steps(count, size, rng):
             values["params"], values["state"] = params, state
 
         steps[name] = step
-        state_bytes[name] = _state_bytes(
-            _keras_state(optimizer), count * size
-        )
+        state_bytes[name] = _state_bytes(_keras_state(optimizer), count * size)
 
     transform = optax.rprop(learning_rate=0.1)
     params = [g * 0.0 for g in grads]
@@ -191,8 +189,10 @@ def _jax_steps(count, size, rng):
 
     steps["optax.rprop"] = optax_step
     state_bytes["optax.rprop"] = _state_bytes(
-        [jax.numpy.asarray(x) for x in jax.tree_util.tree_leaves(
-            values["state"])],
+        [
+            jax.numpy.asarray(x)
+            for x in jax.tree_util.tree_leaves(values["state"])
+        ],
         count * size,
     )
     return steps, state_bytes
@@ -281,9 +281,7 @@ def _torch_steps(count, size, rng):
                 f"compiling the kernel, {time.perf_counter() - start:.1f} s"
             )
         steps[name] = step
-        state_bytes[name] = _state_bytes(
-            _keras_state(optimizer), count * size
-        )
+        state_bytes[name] = _state_bytes(_keras_state(optimizer), count * size)
 
     for foreach in (True, False):
         params = [torch.nn.Parameter(g * 0.0) for g in grads]
@@ -377,9 +375,11 @@ def _print_table(results):
             default=None,
         )
         for row in rows:
-            suffix = row["name"][row["name"].find(" (") :] if (
-                row["name"].endswith(("(jit)", "(graph)"))
-            ) else ""
+            suffix = (
+                row["name"][row["name"].find(" (") :]
+                if (row["name"].endswith(("(jit)", "(graph)")))
+                else ""
+            )
             adam_ms = adam.get(suffix)
             is_ours = row["name"].startswith("keras-rprop")
             ratio = f"{row['median_ms'] / adam_ms:6.2f}" if adam_ms else ""

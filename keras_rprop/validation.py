@@ -30,7 +30,9 @@ def check_real(name, value):
     return value
 
 
-def check_hyperparameters(initial_step, eta_minus, eta_plus, min_step, max_step):
+def check_hyperparameters(
+    initial_step, eta_minus, eta_plus, min_step, max_step
+):
     """Validates the Rprop hyper-parameters and returns them as floats."""
     initial_step = check_real("initial_step", initial_step)
     eta_minus = check_real("eta_minus", eta_minus)

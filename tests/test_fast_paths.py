@@ -55,9 +55,7 @@ def small_buckets(monkeypatch):
         from keras_rprop.optimizers import multi_tensor
 
         monkeypatch.setattr(multi_tensor, "BUCKET_SIZE", TEST_BUCKET_SIZE)
-        monkeypatch.setattr(
-            multi_tensor, "FUSED_BUCKET_SIZE", TEST_BUCKET_SIZE
-        )
+        monkeypatch.setattr(multi_tensor, "FUSED_BUCKET_SIZE", TEST_BUCKET_SIZE)
 
 
 def _fast_path_module():
@@ -94,9 +92,7 @@ def _run(
             path is compiled with XLA as a whole.
     """
     dtypes = dtypes or ["float32"] * len(weights)
-    variables = [
-        keras.Variable(w, dtype=d) for w, d in zip(weights, dtypes)
-    ]
+    variables = [keras.Variable(w, dtype=d) for w, d in zip(weights, dtypes)]
     optimizer = keras_rprop.Rprop(
         variant=variant, learning_rate=LEARNING_RATE, **optimizer_kwargs
     )
@@ -269,9 +265,7 @@ def _compiled_program(variant, shapes):
     return apply.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
 
 
-@pytest.mark.skipif(
-    BACKEND == "torch", reason="PyTorch runs no XLA program"
-)
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs no XLA program")
 @pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
 def test_compiled_step_overwrites_the_state_without_copies(variant):
     # XLA copies an old state buffer before overwriting it in place unless
@@ -332,7 +326,9 @@ def test_fused_kernel_float64_and_mixed_dtypes(kernel_runs):
     shapes = [(1500,), (40, 30), (300,), (7,), ()]
     weights = _initial_weights(shapes)
     gradients = _gradient_sequence(shapes, len(LOSSES))
-    fused = _run("irprop+", "fast", weights, gradients, dtypes=dtypes, fused=True)
+    fused = _run(
+        "irprop+", "fast", weights, gradients, dtypes=dtypes, fused=True
+    )
     assert kernel_runs and all(kernel_runs)
     reference = _run("irprop+", "reference", weights, gradients, dtypes=dtypes)
     _assert_same_results(fused, reference)
@@ -369,7 +365,9 @@ def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
 
 
 @torch_only
-def test_fused_kernel_falls_back_when_compilation_fails(monkeypatch, kernel_runs):
+def test_fused_kernel_falls_back_when_compilation_fails(
+    monkeypatch, kernel_runs
+):
     import torch
 
     from keras_rprop.optimizers import torch_fused
@@ -398,9 +396,7 @@ def test_fused_kernel_falls_back_when_compilation_fails(monkeypatch, kernel_runs
     _assert_same_results(fallback, reference)
 
 
-@pytest.mark.skipif(
-    BACKEND == "torch", reason="PyTorch runs no XLA program"
-)
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs no XLA program")
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "int8"])
 @pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
 def test_ordering_after_returns_its_input_bit_for_bit(dtype):

@@ -57,8 +57,9 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         return False
     fused = torch_fused.use_fused(optimizer, plan.parameter_count)
     flat_grads = [
-        (g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g))
-        .reshape(-1)
+        (
+            g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g)
+        ).reshape(-1)
         for g in grads
     ]
     with torch.no_grad():
@@ -244,7 +245,9 @@ class _FusedBucket:
         )
         self.flat = None
         if self.supported and len(layout) > 1:
-            self.flat = workspace([weights[0], steps[0], steps[0], signs[0]], count)
+            self.flat = workspace(
+                [weights[0], steps[0], steps[0], signs[0]], count
+            )
             sizes = [s.numel() for s in steps]
             self.copies_back = [
                 (originals, list(flat.split(sizes)))
@@ -258,7 +261,9 @@ class _FusedBucket:
         """Updates the bucket with the kernel; returns whether it could."""
         if not self.supported:
             return False
-        grads = [flat_grads[i][part] for i, part in zip(self.indices, self.parts)]
+        grads = [
+            flat_grads[i][part] for i, part in zip(self.indices, self.parts)
+        ]
         if any(g.dtype != self.dtype for g in grads):
             return False
         if self.flat is None:
@@ -298,9 +303,7 @@ def _update_bucket(bucket, arguments):
         signs[0].copy_(new_sign)
         return
     sizes = [v.numel() for v in variables]
-    moves = [
-        m.to(v.dtype) for m, v in zip(move.split(sizes), variables)
-    ]
+    moves = [m.to(v.dtype) for m, v in zip(move.split(sizes), variables)]
     torch._foreach_add_(list(variables), moves)
     torch._foreach_copy_(list(steps), list(new_step.split(sizes)))
     torch._foreach_copy_(list(signs), list(new_sign.split(sizes)))

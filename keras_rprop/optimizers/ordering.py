@@ -77,7 +77,9 @@ def _after_jax(x, dependency):
     first = lax.reshape(dependency, (dependency.size,))[0]
     zero = _zero_bits(
         lax.bitcast_convert_type(first, _unsigned(first.dtype)),
-        lambda bits, shift: lax.shift_right_logical(bits, bits.dtype.type(shift)),
+        lambda bits, shift: lax.shift_right_logical(
+            bits, bits.dtype.type(shift)
+        ),
     )
     unsigned = _unsigned(x.dtype)
     bits = lax.bitcast_convert_type(x, unsigned)
@@ -94,7 +96,9 @@ def _after_tensorflow(x, dependency):
         tf.bitwise.right_shift,
     )
     unsigned = _unsigned(x.dtype)
-    bits = tf.bitwise.bitwise_or(tf.bitcast(x, unsigned), tf.cast(zero, unsigned))
+    bits = tf.bitwise.bitwise_or(
+        tf.bitcast(x, unsigned), tf.cast(zero, unsigned)
+    )
     return tf.bitcast(bits, x.dtype)
 
 

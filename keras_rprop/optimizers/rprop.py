@@ -450,9 +450,7 @@ class Rprop(keras.optimizers.Optimizer):
             # Order XLA's loops weight -> step size -> sign, so that the
             # donated state is overwritten in place without copies (see
             # `ordering`). The values are the same bit for bit.
-            new_step = rprop(
-                gradient, sign, ordering.after(step, new_value)
-            )[2]
+            new_step = rprop(gradient, sign, ordering.after(step, new_value))[2]
             new_sign = rprop(
                 ordering.after(gradient, new_step),
                 ordering.after(sign, new_step),
