@@ -67,21 +67,14 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         # cast to its own dtype, as the per-variable path does.
         for dtype in plan.dtypes:
             arguments = optimizer._rule_arguments(learning_rate, dtype)
-            layouts = plan.buckets(dtype, fused)
-            fused_buckets = [None] * len(layouts)
-            if fused:
-                kernel_arguments = torch_fused.kernel_arguments(arguments)
-                fused_buckets = plan.fused_buckets(dtype)
-            for layout, fused_bucket in zip(layouts, fused_buckets):
-                if fused_bucket is not None and fused_bucket.run(
-                    flat_grads, kernel_arguments
-                ):
-                    continue
-                bucket = [
-                    (flat_grads[i][part], weight, step, sign)
-                    for i, part, weight, step, sign in layout
-                ]
-                _update_bucket(bucket, arguments)
+            if not fused:
+                for layout in plan.buckets(dtype, fused=False):
+                    _update_bucket(_views(layout, flat_grads), arguments)
+                continue
+            kernel_arguments = torch_fused.kernel_arguments(arguments)
+            for bucket in plan.fused_buckets(dtype):
+                if not bucket.run(flat_grads, kernel_arguments):
+                    _update_bucket(_views(bucket.layout, flat_grads), arguments)
     return True
 
 
@@ -102,24 +95,6 @@ class _Plan:
             self._members.setdefault(dtype, []).append(member)
         self.dtypes = list(self._members)
         self._buckets = {}
-        self._workspace = {}
-
-    def workspace(self, tensors, count):
-        """Flat buffers of `count` elements, like `tensors`, kept for reuse.
-
-        Concatenating into fresh tensors of a few MiB costs more than the
-        update itself: the allocator hands such sizes back to the system,
-        and every step then faults their pages in again.
-        """
-        key = tuple((t.dtype, t.device) for t in tensors)
-        buffers = self._workspace.get(key)
-        if buffers is None or buffers[0].numel() < count:
-            buffers = tuple(
-                torch.empty(count, dtype=dtype, device=device)
-                for dtype, device in key
-            )
-            self._workspace[key] = buffers
-        return tuple(b[:count] for b in buffers)
 
     def is_for(self, values):
         return len(values) == len(self.values) and all(
@@ -132,16 +107,27 @@ class _Plan:
         """
         key = (dtype, "kernels", FUSED_BUCKET_SIZE)
         if key not in self._buckets:
-            layouts = self.buckets(dtype, fused=True)
-            # Sized once for the largest bucket: every bucket keeps views.
-            shared = [layout for layout in layouts if len(layout) > 1]
-            if shared:
-                counts = [sum(v[3].numel() for v in l) for l in shared]
-                _, _, weight, step, sign = shared[0][0]
-                self.workspace([weight, step, step, sign], max(counts))
-            self._buckets[key] = [
-                _FusedBucket(layout, self.workspace) for layout in layouts
+            buckets = [
+                _FusedBucket(layout)
+                for layout in self.buckets(dtype, fused=True)
             ]
+            # One set of concatenation buffers, for the largest bucket of
+            # several tensors, serves every bucket in turn. Reused, not
+            # allocated per step: fresh buffers of a few MiB cost more than
+            # the update itself, as the allocator hands such sizes back to
+            # the system and every step faults their pages in again.
+            shared = [b for b in buckets if b.supported and len(b.steps) > 1]
+            if shared:
+                count = max(b.count for b in shared)
+                # Weights and gradients have the step sizes' dtype there.
+                step, sign = shared[0].steps[0], shared[0].signs[0]
+                buffers = tuple(
+                    torch.empty(count, dtype=t.dtype, device=t.device)
+                    for t in (step, step, step, sign)
+                )
+                for bucket in shared:
+                    bucket.concatenate_into(buffers)
+            self._buckets[key] = buckets
         return self._buckets[key]
 
     def buckets(self, dtype, fused):
@@ -229,9 +215,8 @@ class _FusedBucket:
     concatenates, runs the kernel and copies back, a handful of calls.
     """
 
-    def __init__(self, layout, workspace):
-        self.indices = [i for i, *_ in layout]
-        self.parts = [part for _, part, *_ in layout]
+    def __init__(self, layout):
+        self.layout = layout
         _, _, weights, steps, signs = zip(*layout)
         self.weights, self.steps, self.signs = (
             list(weights),
@@ -239,31 +224,28 @@ class _FusedBucket:
             list(signs),
         )
         self.dtype = steps[0].dtype
-        count = sum(s.numel() for s in steps)
-        self.supported = torch_fused.supports_size(count) and all(
-            torch_fused.supports(w, s, s) for w, s in zip(weights, steps)
-        )
+        self.count = sum(s.numel() for s in steps)
+        self.supported = torch_fused.supports(weights, steps)
+        # Set by `concatenate_into` for buckets of several tensors.
         self.flat = None
-        if self.supported and len(layout) > 1:
-            self.flat = workspace(
-                [weights[0], steps[0], steps[0], signs[0]], count
+
+    def concatenate_into(self, buffers):
+        """Uses the start of `buffers` for the concatenated tensors."""
+        self.flat = tuple(b[: self.count] for b in buffers)
+        sizes = [s.numel() for s in self.steps]
+        self.copies_back = [
+            (originals, list(flat.split(sizes)))
+            for originals, flat in zip(
+                (self.weights, self.steps, self.signs),
+                (self.flat[0], self.flat[2], self.flat[3]),
             )
-            sizes = [s.numel() for s in steps]
-            self.copies_back = [
-                (originals, list(flat.split(sizes)))
-                for originals, flat in zip(
-                    (self.weights, self.steps, self.signs),
-                    (self.flat[0], self.flat[2], self.flat[3]),
-                )
-            ]
+        ]
 
     def run(self, flat_grads, kernel_arguments):
         """Updates the bucket with the kernel; returns whether it could."""
         if not self.supported:
             return False
-        grads = [
-            flat_grads[i][part] for i, part in zip(self.indices, self.parts)
-        ]
+        grads = [flat_grads[i][part] for i, part, *_ in self.layout]
         if any(g.dtype != self.dtype for g in grads):
             return False
         if self.flat is None:
@@ -281,6 +263,14 @@ class _FusedBucket:
             for originals, updated in self.copies_back:
                 torch._foreach_copy_(originals, updated)
         return True
+
+
+def _views(layout, flat_grads):
+    """A bucket's `(grad, var, step, sign)` views, for the eager rule."""
+    return [
+        (flat_grads[i][part], weight, step, sign)
+        for i, part, weight, step, sign in layout
+    ]
 
 
 def _update_bucket(bucket, arguments):

@@ -54,22 +54,19 @@ def use_fused(optimizer, parameter_count):
     return True
 
 
-def supports(weight, gradient, step):
-    """Whether the kernel computes the update of these tensors.
+def supports(weights, steps):
+    """Whether the kernel computes the update of a bucket of these tensors.
 
-    Weights of another dtype than their step sizes (16-bit weights) must
-    round the move to their dtype before adding it, as the eager path does.
+    The bucket must be large enough (see `MIN_BUCKET_SIZE`), and weights of
+    another dtype than their step sizes (16-bit weights) must round the
+    move to their dtype before adding it, as the eager path does. The
+    gradients must have the step sizes' dtype too: `run` checks them, as
+    they change with every step.
     """
-    return (
-        step.dtype in _DTYPES
-        and weight.dtype == step.dtype
-        and gradient.dtype == step.dtype
+    return sum(s.numel() for s in steps) >= MIN_BUCKET_SIZE and all(
+        s.dtype in _DTYPES and w.dtype == s.dtype
+        for w, s in zip(weights, steps)
     )
-
-
-def supports_size(count):
-    """Whether a bucket of `count` elements is large enough for the kernel."""
-    return count >= MIN_BUCKET_SIZE
 
 
 def kernel_arguments(arguments):
