@@ -48,6 +48,7 @@ QUICK_CASES = {
 }
 BACKENDS = ("tensorflow", "jax", "torch")
 RPROP_VARIANTS = ("rprop+", "rprop-", "irprop+", "irprop-")
+KERAS_OPTIMIZERS = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
 
 # Bytes moved per float32 parameter by one step, at the least.
 RPROP_BYTES = 4 + 4 * 2 + 4 * 2 + 1 * 2
@@ -132,6 +133,16 @@ def _make_optimizer(name):
     return keras_rprop.Rprop(variant=name.split()[-1])
 
 
+def _built_optimizer(name, grads_np):
+    """The Keras optimizer `name`, built on new variables like `grads_np`."""
+    import keras
+
+    variables = [keras.Variable(g * 0.0) for g in grads_np]
+    optimizer = _make_optimizer(name)
+    optimizer.build(variables)
+    return optimizer, variables
+
+
 def _needs_loss(name):
     return name.startswith("keras-rprop")
 
@@ -141,18 +152,14 @@ def _needs_loss(name):
 
 def _jax_steps(count, size, rng):
     import jax
-    import keras
     import optax
 
     grads_np = _gradients(rng, count, size)
     grads = [jax.numpy.asarray(g) for g in grads_np]
     loss = jax.numpy.float32(1.0)
     steps, state_bytes = {}, {}
-    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
-    for name in names:
-        variables = [keras.Variable(g * 0.0) for g in grads_np]
-        optimizer = _make_optimizer(name)
-        optimizer.build(variables)
+    for name in KERAS_OPTIMIZERS:
+        optimizer, variables = _built_optimizer(name, grads_np)
         kwargs = {"loss": loss} if _needs_loss(name) else {}
 
         def apply(params, state, grads, optimizer=optimizer, kwargs=kwargs):
@@ -210,19 +217,15 @@ def _tf_apply(optimizer, variables, needs_loss):
 
 
 def _tensorflow_steps(count, size, rng):
-    import keras
     import tensorflow as tf
 
     grads_np = _gradients(rng, count, size)
     grads = [tf.constant(g) for g in grads_np]
     loss = tf.constant(1.0)
     steps, state_bytes = {}, {}
-    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
     for jit_compile in (True, False):
-        for name in names:
-            variables = [keras.Variable(g * 0.0) for g in grads_np]
-            optimizer = _make_optimizer(name)
-            optimizer.build(variables)
+        for name in KERAS_OPTIMIZERS:
+            optimizer, variables = _built_optimizer(name, grads_np)
             apply = _tf_apply(optimizer, variables, _needs_loss(name))
             function = tf.function(apply, jit_compile=jit_compile)
             label = f"{name} ({'jit' if jit_compile else 'graph'})"
@@ -241,23 +244,18 @@ def _tensorflow_steps(count, size, rng):
 
 
 def _torch_steps(count, size, rng):
-    import keras
     import torch
-
-    import keras_rprop
 
     grads_np = _gradients(rng, count, size)
     grads = [torch.from_numpy(g) for g in grads_np]
     loss = torch.tensor(1.0)
     steps, state_bytes = {}, {}
-    names = ["keras Adam"] + [f"keras-rprop {v}" for v in RPROP_VARIANTS]
-    names += [
+    names = KERAS_OPTIMIZERS + [
         "keras-rprop irprop- (fused=False)",
         "keras-rprop irprop- (per-variable)",
     ]
     for name in names:
-        variables = [keras.Variable(g * 0.0) for g in grads_np]
-        optimizer = _make_optimizer(name.split(" (")[0])
+        optimizer, variables = _built_optimizer(name.split(" (")[0], grads_np)
         if name.startswith("keras-rprop"):
             # Both cases hold >= 2**20 parameters, so `fused=None` compiles
             # too; said explicitly, so that --quick measures the same.
@@ -265,7 +263,6 @@ def _torch_steps(count, size, rng):
         if name.endswith("(per-variable)"):
             optimizer.fused = False
             optimizer._use_multi_tensor_path = lambda: False
-        optimizer.build(variables)
         kwargs = {"loss": loss} if _needs_loss(name) else {}
 
         def step(optimizer=optimizer, variables=variables, kwargs=kwargs):
