@@ -18,13 +18,15 @@ ecosystem:
 - PyTorch: `optimizer.apply` under `torch.no_grad()`; `torch.optim.Rprop`
   with `foreach` on and off; and keras-rprop's per-variable path.
 
-It also measures the memory bandwidth in the same process (a copy of a
-large array on every core: bytes read and written per second) and turns it
-into the time a step needs at least: an Rprop step on float32 parameters
+It also measures the memory bandwidth in the same process (on the CPU, a
+copy of a large array on every core; on a GPU, an element-wise pass of the
+backend over a large array on the device: bytes read and written per
+second) and turns it into the time a step needs at least: an Rprop step on float32 parameters
 reads the gradient, the parameter, the step size and the int8 sign and
 writes the last three, 22 bytes per parameter (Adam: 28).
 
-Every backend runs in its own subprocess. Usage:
+Every backend runs in its own subprocess, on the device where Keras puts
+its variables: a GPU if the backend sees one. Usage:
 
     python benchmarks/step_speed.py
     python benchmarks/step_speed.py --quick --backends jax,torch
@@ -101,6 +103,66 @@ def _bandwidth_step(megabytes=256):
         list(pool.map(copy, parts))
 
     return step, 2 * source.nbytes
+
+
+def _gpu_bandwidth_step(backend, megabytes=1024):
+    """An element-wise pass over a `megabytes` float32 array on the GPU.
+
+    It reads the array and writes another, as an optimizer step does, with
+    the backend's own kernels. Returns `(callable, bytes moved per call)`.
+    """
+    count = megabytes * 2**20 // 4
+    if backend == "torch":
+        import torch
+
+        source = torch.ones(count, device="cuda")
+        target = torch.empty_like(source)
+
+        def step():
+            torch.add(source, 1.0, out=target)
+            torch.cuda.synchronize()
+
+    elif backend == "jax":
+        import jax
+
+        source = jax.numpy.ones(count, dtype="float32")
+        add_one = jax.jit(lambda x: x + 1.0)
+
+        def step():
+            add_one(source).block_until_ready()
+
+    else:
+        import tensorflow as tf
+
+        source = tf.ones(count)
+        add_one = tf.function(lambda x: x + 1.0)
+
+        def step():
+            # Reading one element waits for the pass to finish.
+            add_one(source)[0].numpy()
+
+    return step, 2 * count * 4
+
+
+def _device(backend):
+    """The device the backend's Keras variables live on, in words."""
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "gpu":
+            return device.device_kind
+    else:
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return "GPU"
+    return "CPU"
 
 
 def _gradients(rng, count, size):
@@ -245,10 +307,14 @@ def _tensorflow_steps(count, size, rng):
 
 def _torch_steps(count, size, rng):
     import torch
+    from keras import ops
 
     grads_np = _gradients(rng, count, size)
-    grads = [torch.from_numpy(g) for g in grads_np]
-    loss = torch.tensor(1.0)
+    # On the device of Keras's variables, the GPU if there is one.
+    grads = [ops.convert_to_tensor(g) for g in grads_np]
+    loss = ops.convert_to_tensor(1.0)
+    # Kernels on a GPU run asynchronously: a step is over when they are.
+    synchronize = torch.cuda.synchronize if grads[0].is_cuda else lambda: None
     steps, state_bytes = {}, {}
     names = KERAS_OPTIMIZERS + [
         "keras-rprop irprop- (fused=False)",
@@ -268,6 +334,7 @@ def _torch_steps(count, size, rng):
         def step(optimizer=optimizer, variables=variables, kwargs=kwargs):
             with torch.no_grad():
                 optimizer.apply(grads, variables, **kwargs)
+            synchronize()
 
         if getattr(optimizer, "fused", False):
             # The first step compiles the kernel: reported, not timed.
@@ -286,11 +353,16 @@ def _torch_steps(count, size, rng):
             param.grad = grad
         optimizer = torch.optim.Rprop(params, lr=0.1, foreach=foreach)
         label = f"torch.optim.Rprop (foreach={foreach})"
-        steps[label] = optimizer.step
-        optimizer.step()
+
+        def torch_step(optimizer=optimizer):
+            optimizer.step()
+            synchronize()
+
+        steps[label] = torch_step
+        torch_step()
         state_bytes[label] = _state_bytes(
             [
-                t.numpy()
+                t.cpu().numpy()
                 for state in optimizer.state.values()
                 for t in state.values()
             ],
@@ -312,11 +384,15 @@ def run_backend(backend, cases, repeats, warmup):
         "tensorflow": _tensorflow_steps,
         "torch": _torch_steps,
     }[keras.backend.backend()]
+    device = _device(backend)
     results = []
     for case, (count, size) in cases.items():
         rng = np.random.default_rng(0)
         steps, state_bytes = make_steps(count, size, rng)
-        bandwidth_step, moved = _bandwidth_step()
+        if device == "CPU":
+            bandwidth_step, moved = _bandwidth_step()
+        else:
+            bandwidth_step, moved = _gpu_bandwidth_step(backend)
         steps["memory copy"] = bandwidth_step
         times = _interleaved(steps, repeats, warmup)
         copy_seconds = statistics.median(times.pop("memory copy"))
@@ -325,6 +401,7 @@ def run_backend(backend, cases, repeats, warmup):
             results.append(
                 {
                     "backend": backend,
+                    "device": device,
                     "case": case,
                     "tensors": count,
                     "params": count * size,
@@ -353,7 +430,8 @@ def _print_table(results):
         bound_ms = 1e3 * RPROP_BYTES * params / (bandwidth * 1e9)
         adam_bound_ms = 1e3 * ADAM_BYTES * params / (bandwidth * 1e9)
         print(
-            f"\n== {backend}, case ({case}): {params:,} float32 parameters "
+            f"\n== {backend} on {rows[0]['device']}, case ({case}): "
+            f"{params:,} float32 parameters "
             f"in {rows[0]['tensors']} tensors; measured bandwidth "
             f"{bandwidth:.1f} GB/s -> bound {bound_ms:.2f} ms for Rprop "
             f"({RPROP_BYTES} B/param), {adam_bound_ms:.2f} ms for Adam "

@@ -13,6 +13,17 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
+if BACKEND == "jax":
+    import jax
+
+    # On GPUs, JAX multiplies float32 matrices in TensorFloat-32 by default,
+    # with 10-bit mantissas. The tests compare float32 results with float64
+    # references and with other computation orders; Rprop follows gradient
+    # signs, so such rounding changes whole trajectories. The variable
+    # carries the setting into the tests' child processes.
+    os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    jax.config.update("jax_default_matmul_precision", "highest")
+
 
 def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {BACKEND}"

@@ -35,6 +35,14 @@ BUCKET_SIZE = 1 << 16
 # temporaries: large enough that its ~40 microseconds per call vanish.
 FUSED_BUCKET_SIZE = 1 << 18
 
+# Elements per bucket, fused or eager, for tensors on an accelerator. There
+# every call is a kernel launch that costs more host time (5-70 us) than a
+# pass over a few MiB takes the device, and no CPU cache is to be kept: the
+# buckets gather up to 16 MiB of float32 and large tensors are not cut.
+# Measured on an H100: 10M parameters in 20 tensors took 74 ms per eager
+# step in buckets of 2**16 against 17 ms per variable.
+ACCELERATOR_BUCKET_SIZE = 1 << 22
+
 
 def update(optimizer, grads, trainable_variables, learning_rate):
     """Applies one Rprop step to all variables, a bucket at a time.
@@ -105,7 +113,7 @@ class _Plan:
         """The `_FusedBucket`s of `dtype`, one per bucket of large tensors
         taken whole (the fused kernel has no temporaries to keep in cache).
         """
-        key = (dtype, "kernels", FUSED_BUCKET_SIZE)
+        key = (dtype, "kernels")
         if key not in self._buckets:
             buckets = [
                 _FusedBucket(layout)
@@ -135,13 +143,19 @@ class _Plan:
 
         `i` is the index of the gradient and `part` the slice of its flat
         view that goes with the flat views of the variable and its state.
-        The fused kernel takes large tensors whole; the eager rule cuts them.
+        The fused kernel takes large tensors whole; the eager rule cuts them
+        on the CPU.
         """
-        size = FUSED_BUCKET_SIZE if fused else BUCKET_SIZE
-        key = (dtype, fused, size)
+        key = (dtype, fused)
         if key not in self._buckets:
+            members = self._members[dtype]
+            on_cpu = members[0][1].device.type == "cpu"
+            if not on_cpu:
+                size = ACCELERATOR_BUCKET_SIZE
+            else:
+                size = FUSED_BUCKET_SIZE if fused else BUCKET_SIZE
             self._buckets[key] = list(
-                _buckets(self._members[dtype], size, split=not fused)
+                _buckets(members, size, split=on_cpu and not fused)
             )
         return self._buckets[key]
 

@@ -1,6 +1,6 @@
 """Ordering the loops XLA compiles a step into, so that it copies no state.
 
-XLA on CPU computes each output of an element-wise update in a loop of its
+XLA on the CPU computes each output of an element-wise update in a loop of its
 own: one for the new weight, one for the new step size and one for the new
 sign, each reading the gradient and the old state. The Keras trainers donate
 the optimizer state to the compiled step, so every new value is written over
@@ -27,30 +27,49 @@ import keras
 _UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
 
 
-def is_compiled(tensor):
-    """Whether `tensor` is being traced into an XLA-compiled program.
+CPU = "cpu"
+ACCELERATOR = "accelerator"
 
-    Eagerly, or in a TensorFlow graph that XLA does not compile (under
-    `tf.distribute`, say), every operation is a pass of its own anyway, and
-    recomputing the rule for each output would only triple the work.
+
+def xla_target(tensor):
+    """What XLA compiles `tensor`'s program for: `CPU`, `ACCELERATOR` or None.
+
+    None when `tensor` is not being traced into an XLA program: eagerly, or
+    in a TensorFlow graph that XLA does not compile (under `tf.distribute`,
+    say). There every operation is a pass of its own anyway, and recomputing
+    the rule for each output would only triple the work.
+
+    On the CPU, the three outputs of a tensor need the full ordering. On a
+    GPU, XLA fuses them into one kernel that reads each old element before
+    it writes it, so it copies nothing; the full ordering would split that
+    kernel in three and bring the copies back (measured on an H100: 606
+    copies in a step of 200 tensors, and case (a) of the benchmark took
+    0.78 ms instead of 0.44).
     """
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return isinstance(tensor, jax.core.Tracer)
+        if not isinstance(tensor, jax.core.Tracer):
+            return None
+        return CPU if jax.default_backend() == "cpu" else ACCELERATOR
     if backend == "tensorflow":
         import tensorflow as tf
 
         if tf.executing_eagerly():
-            return False
+            return None
         try:
             from tensorflow.python.ops import control_flow_util
         except ImportError:  # A TensorFlow that moved it: no ordering.
-            return False
+            return None
         graph = tf.compat.v1.get_default_graph()
-        return control_flow_util.GraphOrParentsInXlaContext(graph)
-    return False
+        if not control_flow_util.GraphOrParentsInXlaContext(graph):
+            return None
+        # TensorFlow places the step on an accelerator if there is one.
+        if any(tf.config.list_logical_devices(k) for k in ("GPU", "TPU")):
+            return ACCELERATOR
+        return CPU
+    return None
 
 
 def after(x, dependency):

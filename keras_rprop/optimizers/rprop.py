@@ -446,7 +446,8 @@ class Rprop(keras.optimizers.Optimizer):
         new_value = ops.convert_to_tensor(variable) + ops.cast(
             move, variable.dtype
         )
-        if ordering.is_compiled(new_value) and math.prod(variable.shape):
+        target = ordering.xla_target(new_value)
+        if target == ordering.CPU and math.prod(variable.shape):
             # Order XLA's loops weight -> step size -> sign, so that the
             # donated state is overwritten in place without copies (see
             # `ordering`). The values are the same bit for bit.

@@ -206,8 +206,8 @@ def _compile(record, state, data):
 
     The record is a Python function that calls one operation per line;
     traced into TorchScript, the same operations run from C++, which halves
-    the time of a step of a small model. If TorchScript fails, the record
-    runs as it is.
+    the time of a step of a small model on the CPU. If TorchScript fails,
+    or the tensors are on another device, the record runs as it is.
     """
     leaves, structure = torch.utils._pytree.tree_flatten((state, data))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
@@ -227,6 +227,13 @@ def _compile(record, state, data):
         # TorchScript needs a tensor to return.
         return tensors[0]
 
+    if any(t.device.type != "cpu" for t in _flat_tensors(state, data)):
+        # On CUDA, TorchScript's executor rewrites the graph after its
+        # second run despite `optimized_execution(False)`: on an H100 the
+        # third replay of an Rprop step gave other weights than the eager
+        # step. Kernel launches are asynchronous there, so the record runs
+        # from Python at little cost.
+        return step
     # Traced on copies: tracing runs the step, which must not move the
     # weights a second time.
     with torch.no_grad():

@@ -24,6 +24,9 @@ REPLICAS = 4
 
 if ENGINE == "jax_data_parallel":
     os.environ["KERAS_BACKEND"] = "jax"
+    # Both runs on the CPU, also where a GPU would take the one-device run:
+    # the same kernels, so that only the distribution differs.
+    os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
         + f" --xla_force_host_platform_device_count={REPLICAS}"
