@@ -347,6 +347,27 @@ def test_fused_kernel_matches_eager_path_bit_for_bit(variant, kernel_runs):
 
 
 @torch_only
+def test_fused_kernel_takes_each_optimizers_hyperparameters(kernel_runs):
+    # The kernel's hyper-parameter tensors are made once per set of values:
+    # two optimizers with other values in one process must not share them.
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    settings = [
+        {"eta_plus": 1.2, "max_step": 50.0},
+        {"eta_plus": 1.5, "eta_minus": 0.3, "min_step": 1e-3, "max_step": 0.2},
+    ]
+    fused = [
+        _run("rprop+", "fast", weights, gradients, fused=True, **kwargs)
+        for kwargs in settings
+    ]
+    assert kernel_runs and all(kernel_runs)
+    for result, kwargs in zip(fused, settings):
+        reference = _run("rprop+", "reference", weights, gradients, **kwargs)
+        _assert_same_results(result, reference)
+    assert not np.array_equal(fused[0][0][0], fused[1][0][0])
+
+
+@torch_only
 def test_fused_kernel_float64_and_mixed_dtypes(kernel_runs):
     # float64 buckets run the kernel; bfloat16 weights (float32 step sizes)
     # take the eager bucket path, with the same results as the reference.

@@ -36,6 +36,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 _compiled = {}
 _failure = None
+_constant_cache = {}
 
 
 def use_fused(optimizer, parameter_count):
@@ -77,17 +78,36 @@ def kernel_arguments(arguments):
     compile a kernel per value.
     """
     learning_rate = arguments["learning_rate"]
-    dtype, device = learning_rate.dtype, learning_rate.device
+    values = tuple(
+        float(arguments[name])
+        for name in ("eta_minus", "eta_plus", "min_step", "max_step")
+    )
     return (
         arguments["variant"],
         arguments["learning_rate"],
         arguments["previous_learning_rate"],
         arguments["loss_increased"],
-        *(
-            torch.tensor(arguments[name], dtype=dtype, device=device)
-            for name in ("eta_minus", "eta_plus", "min_step", "max_step")
-        ),
+        *_constants(values, learning_rate.dtype, learning_rate.device),
     )
+
+
+def _constants(values, dtype, device):
+    """Tensors of `values`, made once per set of values, dtype and device.
+
+    A tensor made from a Python number on a GPU is a copy from the host
+    that waits for the device to finish its queued work: made every step,
+    four of them would stall every step.
+    """
+    key = (values, dtype, device)
+    tensors = _constant_cache.get(key)
+    if tensors is None:
+        if len(_constant_cache) >= 64:  # Hyper-parameters that keep changing.
+            _constant_cache.clear()
+        tensors = tuple(
+            torch.tensor(v, dtype=dtype, device=device) for v in values
+        )
+        _constant_cache[key] = tensors
+    return tensors
 
 
 def update_(weight, gradient, step, sign, kernel_arguments):
