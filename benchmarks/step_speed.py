@@ -323,8 +323,8 @@ def _torch_steps(count, size, rng):
     for name in names:
         optimizer, variables = _built_optimizer(name.split(" (")[0], grads_np)
         if name.startswith("keras-rprop"):
-            # Both cases hold >= 2**20 parameters, so `fused=None` compiles
-            # too; said explicitly, so that --quick measures the same.
+            # Said explicitly: `fused=None` compiles only on the CPU, and
+            # only for >= 2**20 parameters (not in --quick).
             optimizer.fused = not name.endswith("(fused=False)")
         if name.endswith("(per-variable)"):
             optimizer.fused = False

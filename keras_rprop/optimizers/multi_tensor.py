@@ -63,7 +63,7 @@ def update(optimizer, grads, trainable_variables, learning_rate):
     plan = _plan(optimizer, trainable_variables)
     if plan is None:
         return False
-    fused = torch_fused.use_fused(optimizer, plan.parameter_count)
+    fused = torch_fused.use_fused(optimizer, plan.parameter_count, plan.device)
     flat_grads = [
         (
             g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g)
@@ -98,6 +98,7 @@ class _Plan:
     def __init__(self, values, members):
         self.values = values
         self.parameter_count = sum(v.numel() for v in values)
+        self.device = values[0].device if values else torch.device("cpu")
         self._members = {}
         for dtype, member in members:
             self._members.setdefault(dtype, []).append(member)

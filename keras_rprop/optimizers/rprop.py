@@ -92,8 +92,10 @@ class Rprop(keras.optimizers.Optimizer):
             compiled by `torch.compile` (one pass over memory, several
             times faster than eager PyTorch; compiling takes a few seconds
             once per process). `None` (default) compiles it for models of
-            at least 2**20 parameters, `True` always, `False` never. Other
-            backends compile the update with XLA anyway and ignore it.
+            at least 2**20 parameters on the CPU, `True` always, `False`
+            never. On a GPU the eager update is a few kernels per step
+            already, and `None` keeps it. Other backends compile the update
+            with XLA anyway and ignore it.
         weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
         ema_momentum, ema_overwrite_frequency, loss_scale_factor,
         gradient_accumulation_steps, name: The arguments of every
