@@ -232,7 +232,9 @@ class _FusedBucket:
 
     def __init__(self, layout):
         self.layout = layout
-        _, _, weights, steps, signs = zip(*layout)
+        indices, parts, weights, steps, signs = zip(*layout)
+        assert all(part == slice(None) for part in parts), parts
+        self.indices = indices
         self.weights, self.steps, self.signs = (
             list(weights),
             list(steps),
@@ -260,7 +262,8 @@ class _FusedBucket:
         """Updates the bucket with the kernel; returns whether it could."""
         if not self.supported:
             return False
-        grads = [flat_grads[i][part] for i, part, *_ in self.layout]
+        # Fused buckets hold whole tensors: no slicing (a view per tensor).
+        grads = [flat_grads[i] for i in self.indices]
         if any(g.dtype != self.dtype for g in grads):
             return False
         if self.flat is None:

@@ -312,6 +312,8 @@ class Rprop(keras.optimizers.Optimizer):
                 continue
             grad_shape = tuple(grad.shape)
             variable_shape = tuple(variable.shape)
+            if grad_shape == variable_shape:
+                continue
             if len(grad_shape) != len(variable_shape) or any(
                 g is not None and v is not None and g != v
                 for g, v in zip(grad_shape, variable_shape)
