@@ -155,3 +155,32 @@ def test_changed_hyperparameters_take_effect_between_calls():
         models[1].get_weights(), models[0].get_weights()
     ):
         np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the recorded replay is the PyTorch backend's loop",
+)
+def test_replay_uses_torchscript_only_on_the_cpu():
+    # On CUDA, TorchScript's executor rewrote the replayed graph after its
+    # second run and the third replay trained other weights (seen on an
+    # H100); off the CPU the record must run as it is. A "meta" tensor
+    # stands for a tensor on another device.
+    import torch
+
+    from keras_rprop.training import torch_replay
+
+    def record(state, x, y, sample_weight):
+        state[0].add_(x)
+
+    def replay(device):
+        state = [torch.zeros(3, device=device)]
+        x = torch.ones(3, device=device)
+        return torch_replay._compile(record, state, (x, x, None))
+
+    assert isinstance(replay("cpu"), torch.jit.ScriptFunction)
+    off_cpu = replay("meta")
+    assert not isinstance(off_cpu, torch.jit.ScriptFunction)
+    state = [torch.zeros(3)]
+    off_cpu(state[0], torch.ones(3), torch.ones(3))
+    np.testing.assert_array_equal(state[0].numpy(), [1.0, 1.0, 1.0])
