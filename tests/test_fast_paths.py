@@ -56,6 +56,7 @@ def small_buckets(monkeypatch):
 
         monkeypatch.setattr(multi_tensor, "BUCKET_SIZE", TEST_BUCKET_SIZE)
         monkeypatch.setattr(multi_tensor, "FUSED_BUCKET_SIZE", TEST_BUCKET_SIZE)
+        monkeypatch.setattr(multi_tensor, "FUSED_ALONE_SIZE", TEST_BUCKET_SIZE)
         # On a GPU large tensors are merged, never cut.
         monkeypatch.setattr(
             multi_tensor, "ACCELERATOR_BUCKET_SIZE", TEST_BUCKET_SIZE
@@ -323,8 +324,8 @@ def kernel_runs(monkeypatch, small_buckets):
     runs = []
     update_ = torch_fused.update_
 
-    def counting_update_(*args):
-        ran = update_(*args)
+    def counting_update_(*args, **kwargs):
+        ran = update_(*args, **kwargs)
         runs.append(ran)
         return ran
 
@@ -365,6 +366,62 @@ def test_fused_kernel_takes_each_optimizers_hyperparameters(kernel_runs):
         reference = _run("rprop+", "reference", weights, gradients, **kwargs)
         _assert_same_results(result, reference)
     assert not np.array_equal(fused[0][0][0], fused[1][0][0])
+
+
+@torch_only
+def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
+    # The fused path lays the small tensors' step sizes and signs end to end
+    # in one tensor each and updates them there. They must stay what the
+    # optimizer's variables hold: what assign, save and load see.
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    half = len(LOSSES) // 2
+    losses = [np.float32(loss) for loss in LOSSES]
+
+    def optimizer_on(values):
+        variables = [keras.Variable(w) for w in values]
+        optimizer = keras_rprop.Rprop(
+            variant="rprop+", learning_rate=LEARNING_RATE, fused=True
+        )
+        optimizer.build(variables)
+        return optimizer, variables
+
+    def train(optimizer, variables, steps):
+        for grads, loss in zip(gradients[steps], losses[steps]):
+            grads = [keras.ops.convert_to_tensor(g) for g in grads]
+            optimizer.apply(grads, variables, loss=loss)
+
+    first, first_variables = optimizer_on(weights)
+    train(first, first_variables, slice(0, half))
+    assert kernel_runs and all(kernel_runs)
+    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
+    storages = {
+        first._steps[i].value.untyped_storage().data_ptr() for i in small
+    }
+    assert len(storages) == 1  # One tensor holds them all.
+
+    # Load the state into an optimizer whose own state was laid out by a
+    # step already, and go on training there.
+    second, second_variables = optimizer_on(weights)
+    train(second, second_variables, slice(0, 1))
+    for target, source in zip(second_variables, first_variables):
+        target.assign(source)
+    store = {}
+    first.save_own_variables(store)
+    second.load_own_variables(store)
+    train(second, second_variables, slice(half, None))
+
+    reference = _run("rprop+", "reference", weights, gradients)
+    resumed = (
+        [keras.ops.convert_to_numpy(v) for v in second_variables],
+        [keras.ops.convert_to_numpy(s) for s in second._steps],
+        [keras.ops.convert_to_numpy(s) for s in second._signs],
+    )
+    _assert_same_results(resumed, reference)
+    # The variables themselves changed, not a detached copy.
+    assert second._steps[small[0]].value.untyped_storage().data_ptr() == (
+        second._steps[small[1]].value.untyped_storage().data_ptr()
+    )
 
 
 @torch_only

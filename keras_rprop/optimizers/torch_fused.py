@@ -112,13 +112,15 @@ def _constants(values, dtype, device):
     return tensors
 
 
-def update_(weight, gradient, step, sign, kernel_arguments):
+def update_(weight, gradient, step, sign, kernel_arguments, moves=False):
     """Applies the rule to flat tensors in place, with the compiled kernel.
 
     Args:
         weight, gradient, step, sign: Flat tensors of one bucket; `weight`,
             `step` and `sign` are updated in place.
         kernel_arguments: From `kernel_arguments`.
+        moves: If true, `weight` receives the moves instead of having them
+            added, for the caller to add to weights held elsewhere.
 
     Returns:
         `True` if the kernel ran, `False` if it could not be compiled (the
@@ -128,10 +130,11 @@ def update_(weight, gradient, step, sign, kernel_arguments):
     if _failure is not None:
         return False
     variant, *scalars = kernel_arguments
-    kernel = _compiled.get(variant)
+    key = (variant, moves)
+    kernel = _compiled.get(key)
     if kernel is None:
-        kernel = torch.compile(_KERNELS[variant], dynamic=True, fullgraph=True)
-        _compiled[variant] = kernel
+        kernel = torch.compile(_KERNELS[key], dynamic=True, fullgraph=True)
+        _compiled[key] = kernel
     try:
         kernel(weight, gradient, step, sign, *scalars)
     except Exception as error:  # Compilers fail in many ways.
@@ -168,6 +171,7 @@ def _update(
     max_step,
     *,
     variant,
+    moves=False,
 ):
     move, new_sign, new_step = rule.rprop_update(
         gradient,
@@ -183,12 +187,15 @@ def _update(
         loss_increased=loss_increased,
     )
     move = backend_compat.propagate_nan(move, gradient)
-    weight.add_(move)
+    if moves:
+        weight.copy_(move)
+    else:
+        weight.add_(move)
     step.copy_(new_step)
     sign.copy_(new_sign.to(sign.dtype))
 
 
-# One function (one code object, one Dynamo cache) per variant.
+# One function (one code object, one Dynamo cache) per variant and output.
 def _rprop_plus(*args):
     _update(*args, variant=rule.RPROP_PLUS)
 
@@ -205,9 +212,29 @@ def _irprop_minus(*args):
     _update(*args, variant=rule.IRPROP_MINUS)
 
 
+def _rprop_plus_moves(*args):
+    _update(*args, variant=rule.RPROP_PLUS, moves=True)
+
+
+def _rprop_minus_moves(*args):
+    _update(*args, variant=rule.RPROP_MINUS, moves=True)
+
+
+def _irprop_plus_moves(*args):
+    _update(*args, variant=rule.IRPROP_PLUS, moves=True)
+
+
+def _irprop_minus_moves(*args):
+    _update(*args, variant=rule.IRPROP_MINUS, moves=True)
+
+
 _KERNELS = {
-    rule.RPROP_PLUS: _rprop_plus,
-    rule.RPROP_MINUS: _rprop_minus,
-    rule.IRPROP_PLUS: _irprop_plus,
-    rule.IRPROP_MINUS: _irprop_minus,
+    (rule.RPROP_PLUS, False): _rprop_plus,
+    (rule.RPROP_MINUS, False): _rprop_minus,
+    (rule.IRPROP_PLUS, False): _irprop_plus,
+    (rule.IRPROP_MINUS, False): _irprop_minus,
+    (rule.RPROP_PLUS, True): _rprop_plus_moves,
+    (rule.RPROP_MINUS, True): _rprop_minus_moves,
+    (rule.IRPROP_PLUS, True): _irprop_plus_moves,
+    (rule.IRPROP_MINUS, True): _irprop_minus_moves,
 }
