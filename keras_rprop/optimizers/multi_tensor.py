@@ -12,9 +12,10 @@ This path applies `keras_rprop.rule.rprop_update` to buckets of about
 bucket, large ones are cut into views of that size. Every bucket's
 temporaries then fit in the CPU caches, and the number of calls no longer
 grows with the number of variables. With `fused` (see `torch_fused`), each
-bucket runs the rule compiled into one loop instead, and large tensors are
-not cut. The rule is element-wise, so either way the result is bit for bit
-the one of the per-variable path.
+bucket runs the rule compiled into one loop instead: large tensors alone
+and whole, small ones merged, with their step sizes and signs laid end to
+end so that the loop updates them where they lie. The rule is element-wise,
+so either way the result is bit for bit the one of the per-variable path.
 """
 
 import torch
