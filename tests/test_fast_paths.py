@@ -467,7 +467,11 @@ def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
     assert kernel_runs == []
     monkeypatch.setattr(torch_fused, "MIN_PARAMETERS", 1000)
     _run("irprop-", "fast", weights, gradients)
-    assert kernel_runs and all(kernel_runs)
+    if keras.Variable(1.0).value.device.type == "cpu":
+        assert kernel_runs and all(kernel_runs)
+    else:
+        # On a GPU the default stays eager (see `torch_fused`).
+        assert kernel_runs == []
 
 
 @torch_only

@@ -323,8 +323,10 @@ class _FusedBucket:
 
     def use_buffers(self, moves, gradient):
         """Uses the start of the shared buffers for moves and gradients."""
-        self.gradient = gradient[: self.count]
-        self.moves = moves[: self.count]
+        # Not slices: Dynamo would relate their `_base`'s size to the other
+        # arguments' sizes and compile the kernel again for each bucket size.
+        self.gradient = _alias(gradient, 0, self.count)
+        self.moves = _alias(moves, 0, self.count)
         self.move_parts = list(
             self.moves.split([w.numel() for w in self.weights])
         )
@@ -358,6 +360,14 @@ class _FusedBucket:
         return True
 
 
+def _alias(tensor, start, count):
+    """Elements `start` to `start + count` of the 1-D `tensor`, as a tensor
+    of their own over the same memory (a view without a `_base`)."""
+    return tensor.new_empty(0).set_(
+        tensor.untyped_storage(), tensor.storage_offset() + start, (count,)
+    )
+
+
 def _tiled(tensors):
     """The 1-D tensor that the 1-D `tensors` tile in order, or None.
 
@@ -374,7 +384,7 @@ def _tiled(tensors):
         ):
             return None
         offset += tensor.numel()
-    return first.new_empty(0).set_(storage, start, (offset - start,))
+    return _alias(first, 0, offset - start)
 
 
 def _views(layout, flat_grads):

@@ -36,6 +36,14 @@ MIN_BUCKET_SIZE = 1024
 
 _DTYPES = (torch.float32, torch.float64)
 
+# Inductor decides whether a loop runs on all cores from the size of the
+# first call, and with `dynamic=True` that kernel serves every size after
+# (and later processes, through its cache): first compiled on a small
+# bucket, it ran a bucket of 2**19 elements on one core, at half the speed.
+# With `dynamic_threads` the loop is always parallel and OpenMP picks the
+# number of threads per call.
+_OPTIONS = {"cpp.dynamic_threads": True}
+
 _compiled = {}
 _failure = None
 _constant_cache = {}
@@ -133,7 +141,9 @@ def update_(weight, gradient, step, sign, kernel_arguments, moves=False):
     key = (variant, moves)
     kernel = _compiled.get(key)
     if kernel is None:
-        kernel = torch.compile(_KERNELS[key], dynamic=True, fullgraph=True)
+        kernel = torch.compile(
+            _KERNELS[key], dynamic=True, fullgraph=True, options=_OPTIONS
+        )
         _compiled[key] = kernel
     try:
         kernel(weight, gradient, step, sign, *scalars)
