@@ -7,7 +7,9 @@ runs it, for two layouts of float32 parameters:
 - case (b): 2M parameters in 200 tensors of 10,000.
 
 On each backend, in the same process and interleaved step by step (so that
-noise from other processes hits every variant alike), it times the four
+noise from other processes hits every variant alike; each optimizer reads
+its own copy of the gradients, so that none finds them in the caches
+because the one timed before it read them), it times the four
 Rprop variants, Keras Adam, and the other Rprop implementations of that
 ecosystem:
 
@@ -171,6 +173,23 @@ def _gradients(rng, count, size):
     return [rng.standard_normal(size).astype("float32") for _ in range(count)]
 
 
+def _copies(grads):
+    """Gradients of one optimizer's own, equal to `grads`.
+
+    Each optimizer reads its own copy, so that none finds the gradients in
+    the CPU caches because the one timed before it just read them.
+    """
+    if hasattr(grads[0], "clone"):  # PyTorch
+        return [g.clone() for g in grads]
+    if hasattr(grads[0], "block_until_ready"):  # JAX
+        import jax
+
+        return [jax.numpy.array(g, copy=True) for g in grads]
+    import tensorflow as tf
+
+    return [tf.constant(g.numpy()) for g in grads]
+
+
 def _state_bytes(arrays, params):
     """Bytes of optimizer state per parameter (scalars included)."""
     return sum(int(a.size) * a.dtype.itemsize for a in arrays) / params
@@ -233,7 +252,7 @@ def _jax_steps(count, size, rng):
             "state": [v.value for v in optimizer.variables],
         }
 
-        def step(jitted=jitted, values=values):
+        def step(jitted=jitted, values=values, grads=_copies(grads)):
             params, state = jitted(values["params"], values["state"], grads)
             jax.block_until_ready((params, state))
             values["params"], values["state"] = params, state
@@ -251,7 +270,7 @@ def _jax_steps(count, size, rng):
 
     optax_jitted = jax.jit(optax_apply, donate_argnums=(0, 1))
 
-    def optax_step():
+    def optax_step(grads=_copies(grads)):
         params, state = optax_jitted(values["params"], values["state"], grads)
         jax.block_until_ready((params, state))
         values["params"], values["state"] = params, state
@@ -292,7 +311,9 @@ def _tensorflow_steps(count, size, rng):
             function = tf.function(apply, jit_compile=jit_compile)
             label = f"{name} ({'jit' if jit_compile else 'graph'})"
 
-            def step(function=function, optimizer=optimizer):
+            def step(
+                function=function, optimizer=optimizer, grads=_copies(grads)
+            ):
                 function(grads, loss)
                 # `apply` returns nothing; reading a variable waits for
                 # the update to finish.
@@ -331,7 +352,12 @@ def _torch_steps(count, size, rng):
             optimizer._use_multi_tensor_path = lambda: False
         kwargs = {"loss": loss} if _needs_loss(name) else {}
 
-        def step(optimizer=optimizer, variables=variables, kwargs=kwargs):
+        def step(
+            optimizer=optimizer,
+            variables=variables,
+            kwargs=kwargs,
+            grads=_copies(grads),
+        ):
             with torch.no_grad():
                 optimizer.apply(grads, variables, **kwargs)
             synchronize()
@@ -349,7 +375,7 @@ def _torch_steps(count, size, rng):
 
     for foreach in (True, False):
         params = [torch.nn.Parameter(g * 0.0) for g in grads]
-        for param, grad in zip(params, grads):
+        for param, grad in zip(params, _copies(grads)):
             param.grad = grad
         optimizer = torch.optim.Rprop(params, lr=0.1, foreach=foreach)
         label = f"torch.optim.Rprop (foreach={foreach})"
