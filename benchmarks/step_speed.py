@@ -27,8 +27,8 @@ second) and turns it into the time a step needs at least: an Rprop step on float
 reads the gradient, the parameter, the step size and the int8 sign and
 writes the last three, 22 bytes per parameter (Adam: 28).
 
-Every backend runs in its own subprocess, on the device where Keras puts
-its variables: a GPU if the backend sees one. Usage:
+Every backend and case runs in its own subprocess, on the device where
+Keras puts its variables: a GPU if the backend sees one. Usage:
 
     python benchmarks/step_speed.py
     python benchmarks/step_speed.py --quick --backends jax,torch
@@ -538,14 +538,23 @@ def main(argv=None):
         return
 
     results, notes = [], []
-    for backend in args.backends.split(","):
+    # One process per backend and case: a process that ran the eager
+    # PyTorch path on case (a) ran the fused case (b) at twice its time
+    # (glibc raises its mmap threshold after freeing large blocks), and a
+    # training process holds one model.
+    runs = [
+        (backend, case)
+        for backend in args.backends.split(",")
+        for case in args.cases.split(",")
+    ]
+    for backend, case in runs:
         command = [
             sys.executable,
             os.path.abspath(__file__),
             "--worker",
             backend,
             "--cases",
-            args.cases,
+            case,
             "--repeats",
             str(repeats),
         ]
