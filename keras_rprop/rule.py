@@ -65,7 +65,13 @@ def rprop_update(
         weights, the sign to store for the next step and the new step sizes.
     """
     sign = ops.sign(gradient)
-    product = sign * previous_sign
+    # The papers compare gradient(t) * gradient(t-1) with 0. With
+    # `previous_sign` in {-1, 0, +1} the product is +-gradient or +-0
+    # exactly, so it compares like `sign * previous_sign` for every value
+    # (NaN, inf and -0.0 included); computed from the gradient itself, the
+    # step-size output does not need `sign`, which XLA, computing each output
+    # in a loop of its own, then leaves out of that loop.
+    product = gradient * previous_sign
     same_sign = product > 0
     sign_change = product < 0
 
@@ -77,9 +83,7 @@ def rprop_update(
     grown = ops.where(grown > max_step, max_step, grown)
     shrunk = step * eta_minus
     shrunk = ops.where(shrunk < min_step, min_step, shrunk)
-    new_step = ops.where(
-        same_sign, grown, ops.where(sign_change, shrunk, step)
-    )
+    new_step = ops.where(same_sign, grown, ops.where(sign_change, shrunk, step))
     move = -sign * new_step * learning_rate
 
     if variant == RPROP_MINUS:

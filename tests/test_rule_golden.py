@@ -337,3 +337,57 @@ def test_other_variants_ignore_the_loss(variant):
     np.testing.assert_allclose(
         np.concatenate(without), EXAMPLE_MOVES[variant], atol=1e-7
     )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pure_rule_special_gradients_every_stored_sign(variant):
+    """Grow, shrink or keep is decided by the signs alone, for every value.
+
+    The rule compares `gradient * previous_sign` with 0; this checks that it
+    classifies zeros of both signs, values near the smallest normal float32,
+    huge values, infinities and NaN as their signs do, after each stored
+    sign. (Subnormal gradients count as zero on TensorFlow and JAX, whose
+    CPU kernels flush them to zero, and as their sign on PyTorch.)
+    """
+    specials = [0.0, -0.0, 2e-38, -2e-38, 3e38, -3e38, np.inf, -np.inf, np.nan]
+    gradient = np.repeat(np.array(specials, "float32"), 3)
+    previous_sign = np.tile(
+        np.array([-1.0, 0.0, 1.0], "float32"), len(specials)
+    )
+    step = np.full_like(gradient, 0.25)
+    hyperparameters = dict(
+        eta_minus=0.5, eta_plus=1.2, min_step=1e-6, max_step=50.0
+    )
+    move, new_sign, new_step = keras_rprop.rprop_update(
+        ops.convert_to_tensor(gradient),
+        ops.convert_to_tensor(previous_sign),
+        ops.convert_to_tensor(step),
+        variant=variant,
+        loss_increased=ops.convert_to_tensor(True),
+        learning_rate=1.0,
+        previous_learning_rate=1.0,
+        **hyperparameters,
+    )
+    # np.sign(nan) is nan and nan compares false, as the rule's NaN must.
+    signs = np.sign(gradient.astype("float64")) * previous_sign
+    grow, flip = signs > 0, signs < 0
+    expected_step = np.where(grow, 0.3, np.where(flip, 0.125, 0.25))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(new_step), expected_step.astype("float32")
+    )
+    got_sign = ops.convert_to_numpy(new_sign)
+    finite = ~np.isnan(gradient)
+    expected_sign = np.sign(gradient)
+    if variant != "rprop-":
+        expected_sign = np.where(flip, 0.0, expected_sign)
+    np.testing.assert_array_equal(got_sign[finite], expected_sign[finite])
+    # The moves of the flips: none, a revert, or the shrunk step.
+    got_move = ops.convert_to_numpy(move)[finite & flip]
+    expected_flip_move = {
+        "rprop-": -np.sign(gradient) * 0.125,
+        "irprop-": np.zeros_like(gradient),
+        "rprop+": previous_sign * 0.25,
+        "irprop+": previous_sign * 0.25,
+    }[variant][finite & flip]
+    np.testing.assert_array_equal(got_move, expected_flip_move)
+    assert (finite & flip).sum() == 6 and (finite & grow).sum() == 6
