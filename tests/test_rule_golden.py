@@ -339,15 +339,17 @@ def test_other_variants_ignore_the_loss(variant):
     )
 
 
+@pytest.mark.parametrize("sign_dtype", [None, "int8"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_pure_rule_special_gradients_every_stored_sign(variant):
+def test_pure_rule_special_gradients_every_stored_sign(variant, sign_dtype):
     """Grow, shrink or keep is decided by the signs alone, for every value.
 
     The rule compares `gradient * previous_sign` with 0; this checks that it
     classifies zeros of both signs, values near the smallest normal float32,
     huge values, infinities and NaN as their signs do, after each stored
     sign. (Subnormal gradients count as zero on TensorFlow and JAX, whose
-    CPU kernels flush them to zero, and as their sign on PyTorch.)
+    CPU kernels flush them to zero, and as their sign on PyTorch.) With a
+    `sign_dtype`, the new signs come in that dtype, 0 for NaN.
     """
     specials = [0.0, -0.0, 2e-38, -2e-38, 3e38, -3e38, np.inf, -np.inf, np.nan]
     gradient = np.repeat(np.array(specials, "float32"), 3)
@@ -366,6 +368,7 @@ def test_pure_rule_special_gradients_every_stored_sign(variant):
         loss_increased=ops.convert_to_tensor(True),
         learning_rate=1.0,
         previous_learning_rate=1.0,
+        sign_dtype=sign_dtype,
         **hyperparameters,
     )
     # np.sign(nan) is nan and nan compares false, as the rule's NaN must.
@@ -381,6 +384,9 @@ def test_pure_rule_special_gradients_every_stored_sign(variant):
     if variant != "rprop-":
         expected_sign = np.where(flip, 0.0, expected_sign)
     np.testing.assert_array_equal(got_sign[finite], expected_sign[finite])
+    if sign_dtype is not None:
+        assert keras.backend.standardize_dtype(new_sign.dtype) == sign_dtype
+        np.testing.assert_array_equal(got_sign[~finite], 0)
     # The moves of the flips: none, a revert, or the shrunk step.
     got_move = ops.convert_to_numpy(move)[finite & flip]
     expected_flip_move = {

@@ -437,6 +437,11 @@ class Rprop(keras.optimizers.Optimizer):
         sign = ops.convert_to_tensor(sign_variable)
         step = ops.convert_to_tensor(step_variable)
         arguments = self._rule_arguments(learning_rate, dtype)
+        target = ordering.xla_target(gradient)
+        if target is not None:
+            # Compiled by XLA, the stored sign is cheaper made in its own
+            # dtype; run op by op, from the float sign the move uses.
+            arguments["sign_dtype"] = sign_variable.dtype
 
         def rprop(gradient, sign, step):
             return rule.rprop_update(
@@ -450,7 +455,6 @@ class Rprop(keras.optimizers.Optimizer):
         new_value = ops.convert_to_tensor(variable) + ops.cast(
             move, variable.dtype
         )
-        target = ordering.xla_target(new_value)
         if target == ordering.CPU and math.prod(variable.shape):
             # Order XLA's loops weight -> step size -> sign, so that the
             # donated state is overwritten in place without copies (see
