@@ -127,3 +127,30 @@ def rprop_update(
         )
     move = ops.where(sign_change, revert, move)
     return move, new_sign, new_step
+
+
+def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
+    """The move of `"rprop-"` and `"irprop-"`, from the state they store.
+
+    Without backtracking, a weight moves by its new step size against the
+    sign stored for the next step, which `"irprop-"` sets to 0 where it
+    freezes the weight: the move is `-new_sign * new_step * learning_rate`.
+    A caller that has written the new state can compute the move from it
+    rather than from the rule's inputs. The result equals the move of
+    `rprop_update` for every gradient, NaN included (its stored sign is 0,
+    so the NaN is taken from the gradient); only a zero move can be -0.0
+    where `rprop_update` gives +0.0, which changes a weight of -0.0 alone.
+
+    Args:
+        gradient: The gradient given to `rprop_update`.
+        new_sign: Its `new_sign`, in the dtype of `new_step`.
+        new_step: Its `new_step`.
+        learning_rate: The learning rate given to `rprop_update`.
+
+    Returns:
+        The increment to add to the weights.
+    """
+    # `* -learning_rate`, one negation per tensor rather than per element;
+    # the product is `-(new_sign * new_step * learning_rate)` exactly.
+    move = new_sign * new_step * -learning_rate
+    return ops.where(ops.isnan(gradient), gradient, move)

@@ -397,3 +397,53 @@ def test_pure_rule_special_gradients_every_stored_sign(variant, sign_dtype):
     }[variant][finite & flip]
     np.testing.assert_array_equal(got_move, expected_flip_move)
     assert (finite & flip).sum() == 6 and (finite & grow).sum() == 6
+
+
+@pytest.mark.parametrize("variant", ["rprop-", "irprop-"])
+def test_move_from_new_state_is_the_papers_move(variant):
+    """Without backtracking, the move follows from the state stored for it.
+
+    The compiled XLA update of these variants reads the new step sizes and
+    signs back to move the weights; this checks, against the float64
+    reference over steps with sign flips, zero gradients and a learning
+    rate below 1, that the identity holds, and that a NaN gradient (stored
+    sign 0) still gives a NaN move.
+    """
+    from keras_rprop import rule
+
+    rng = np.random.default_rng(3)
+    reference = ReferenceRprop(variant, [(400,)])
+    learning_rate = 0.75
+    weights = [np.zeros(400)]
+    for _ in range(6):
+        gradient = rng.standard_normal(400)
+        gradient[rng.random(400) < 0.1] = 0.0
+        weights = reference.step(
+            weights, [gradient], learning_rate=learning_rate
+        )
+        move = rule.move_from_new_state(
+            ops.convert_to_tensor(gradient, "float32"),
+            ops.convert_to_tensor(
+                np.sign(reference.previous_gradient[0]), "float32"
+            ),
+            ops.convert_to_tensor(reference.delta[0], "float32"),
+            learning_rate=learning_rate,
+        )
+        # float32 inputs: the step sizes round once, the product twice.
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(move),
+            reference.previous_change[0],
+            rtol=3e-7,
+            atol=0,
+        )
+    assert reference.sign_changes > 0
+
+    move = rule.move_from_new_state(
+        ops.convert_to_tensor([np.nan, 1.0, -1.0], "float32"),
+        ops.convert_to_tensor([0.0, 1.0, 0.0], "float32"),
+        ops.convert_to_tensor([0.5, 0.5, 0.5], "float32"),
+        learning_rate=learning_rate,
+    )
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(move), [np.nan, -0.375, 0.0]
+    )

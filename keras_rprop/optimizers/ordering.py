@@ -12,11 +12,14 @@ of 22, and the copies ran as separate, badly parallelized passes: 3.6x the
 time of the step without them on JAX).
 
 `after(x, dependency)` returns `x` bit for bit, but computed from one
-element of `dependency`, which gives XLA the data dependency: the optimizer
-computes the new step size from a step size that comes "after" the new
-weight, and the new sign from inputs that come "after" the new step size, so
-each old buffer is read by loops that all run before the one overwriting it.
-The cost is a read of one element per tensor.
+element of `dependency`, which gives XLA the data dependency. The new sign
+is computed from inputs that come "after" the new step size, so the old
+signs are overwritten last. The backtracking variants move a weight by its
+old step size on a sign change, so their new step size is computed from a
+step size that comes "after" the new weight. The other variants move it by
+the new step size and sign, which they compute first and the weight's loop
+reads back. Either way, each old buffer is read by loops that all run before
+the one overwriting it. The cost is a read of one element per tensor.
 """
 
 import re

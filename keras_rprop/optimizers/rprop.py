@@ -448,26 +448,56 @@ class Rprop(keras.optimizers.Optimizer):
                 gradient, ops.cast(sign, dtype), step, **arguments
             )
 
-        move, new_sign, new_step = rprop(gradient, sign, step)
-        move = backend_compat.propagate_nan(move, gradient)
-        # `+`, not `ops.add`: on TensorFlow `ops.add` turns into a `BiasAdd`
-        # for some shapes, which rejects empty variables.
-        new_value = ops.convert_to_tensor(variable) + ops.cast(
-            move, variable.dtype
-        )
         if target == ordering.CPU and math.prod(variable.shape):
-            # Order XLA's loops weight -> step size -> sign, so that the
-            # donated state is overwritten in place without copies (see
-            # `ordering`). The values are the same bit for bit.
-            new_step = rprop(gradient, sign, ordering.after(step, new_value))[2]
-            new_sign = rprop(
+            new_value, new_step, new_sign = self._ordered_update(
+                rprop, gradient, sign, step, variable, arguments
+            )
+        else:
+            move, new_sign, new_step = rprop(gradient, sign, step)
+            move = backend_compat.propagate_nan(move, gradient)
+            new_value = _add(variable, move)
+        self.assign(variable, new_value)
+        self.assign(step_variable, new_step)
+        self.assign(sign_variable, ops.cast(new_sign, sign_variable.dtype))
+
+    def _ordered_update(self, rprop, gradient, sign, step, variable, arguments):
+        """The update in the order XLA on the CPU runs best (see `ordering`).
+
+        Returns the new weight, step sizes and signs: the values `rprop`
+        gives, bit for bit but for the sign of a zero weight (see
+        `rule.move_from_new_state`).
+        """
+
+        def sign_after(new_step):
+            # The signs are overwritten last: every other loop reads them.
+            return rprop(
                 ordering.after(gradient, new_step),
                 ordering.after(sign, new_step),
                 step,
             )[1]
-        self.assign(variable, new_value)
-        self.assign(step_variable, new_step)
-        self.assign(sign_variable, ops.cast(new_sign, sign_variable.dtype))
+
+        if self.variant in rule.BACKTRACKING_VARIANTS:
+            # Their move on a sign change reverts the old step size, so the
+            # weight's loop runs first and the step sizes' loop after it.
+            move = backend_compat.propagate_nan(
+                rprop(gradient, sign, step)[0], gradient
+            )
+            new_value = _add(variable, move)
+            new_step = rprop(gradient, sign, ordering.after(step, new_value))[2]
+            return new_value, new_step, sign_after(new_step)
+
+        # Their move follows from the new state alone: computed from it, the
+        # weight's loop reads it back instead of computing the rule a third
+        # time, 9 instead of 22 instructions per 8 float32 elements.
+        new_step = rprop(gradient, sign, step)[2]
+        new_sign = sign_after(new_step)
+        move = rule.move_from_new_state(
+            gradient,
+            ops.cast(new_sign, step.dtype),
+            new_step,
+            learning_rate=arguments["learning_rate"],
+        )
+        return _add(variable, move), new_step, new_sign
 
     def _rule_arguments(self, learning_rate, dtype):
         """The arguments of `rule.rprop_update` shared by all tensors of a step."""
@@ -516,6 +546,13 @@ class Rprop(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _add(variable, move):
+    """The variable's new value."""
+    # `+`, not `ops.add`: on TensorFlow `ops.add` turns into a `BiasAdd` for
+    # some shapes, which rejects empty variables.
+    return ops.convert_to_tensor(variable) + ops.cast(move, variable.dtype)
 
 
 def _scalar(name, value, aggregation):
