@@ -89,8 +89,13 @@ def rprop_update(
     grown = ops.where(grown > max_step, max_step, grown)
     shrunk = step * eta_minus
     shrunk = ops.where(shrunk < min_step, min_step, shrunk)
-    new_step = ops.where(same_sign, grown, ops.where(sign_change, shrunk, step))
-    move = -sign * new_step * learning_rate
+    kept_or_grown = ops.where(same_sign, grown, step)
+    new_step = ops.where(sign_change, shrunk, kept_or_grown)
+    # Only Rprop- moves by the shrunk step; the other variants replace the
+    # move on a sign change, so their move never needs the shrunk step and
+    # XLA, computing the move in a loop of its own, leaves it out there.
+    move_step = new_step if variant == RPROP_MINUS else kept_or_grown
+    move = -sign * move_step * learning_rate
 
     if sign_dtype is None:
         new_sign = sign
