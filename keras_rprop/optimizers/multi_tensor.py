@@ -72,9 +72,7 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         return False
     fused = torch_fused.use_fused(optimizer, plan.parameter_count, plan.device)
     flat_grads = [
-        (
-            g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g)
-        ).reshape(-1)
+        _flat(g if isinstance(g, torch.Tensor) else ops.convert_to_tensor(g))
         for g in grads
     ]
     with torch.no_grad():
@@ -91,6 +89,15 @@ def update(optimizer, grads, trainable_variables, learning_rate):
                 if not bucket.run(flat_grads, kernel_arguments):
                     _update_bucket(_views(bucket.layout, flat_grads), arguments)
     return True
+
+
+def _flat(tensor):
+    """`tensor` as a 1-D tensor, a view of it where it is contiguous."""
+    # A dispatch or two less than `reshape(-1)` per gradient: 1-3 us, as
+    # much as a fifth of the fused update of a 10,000-element tensor.
+    if tensor.dim() == 1:
+        return tensor
+    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
 
 
 class _Plan:
