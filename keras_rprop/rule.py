@@ -2,8 +2,10 @@
 
 Every code path of the optimizer (the per-variable Keras path and the
 vectorized multi-tensor paths) calls `rprop_update`, so the four variants
-cannot drift apart between backends. The function only uses `keras.ops`,
-which accept native tensors of the active backend.
+cannot drift apart between backends. `move_from_new_state` restates the
+move of the variants without backtracking from the state that
+`rprop_update` returns, for a caller that reads that state back. Both only
+use `keras.ops`, which accept native tensors of the active backend.
 """
 
 import keras
