@@ -93,11 +93,6 @@ def rprop_update(
     shrunk = ops.where(shrunk < min_step, min_step, shrunk)
     kept_or_grown = ops.where(same_sign, grown, step)
     new_step = ops.where(sign_change, shrunk, kept_or_grown)
-    # Only Rprop- moves by the shrunk step; the other variants replace the
-    # move on a sign change, so their move never needs the shrunk step and
-    # XLA, computing the move in a loop of its own, leaves it out there.
-    move_step = new_step if variant == RPROP_MINUS else kept_or_grown
-    move = -sign * move_step * learning_rate
 
     if sign_dtype is None:
         new_sign = sign
@@ -110,13 +105,27 @@ def rprop_update(
         new_sign = ops.cast(gradient > 0, sign_dtype)
         new_sign = new_sign - ops.cast(gradient < 0, sign_dtype)
     if variant == RPROP_MINUS:
-        return move, new_sign, new_step
+        return -sign * new_step * learning_rate, new_sign, new_step
 
+    # The other variants replace the move on a sign change, so their move
+    # never needs the shrunk step: XLA, computing the move in a loop of its
+    # own, leaves it out there.
     new_sign = ops.where(sign_change, ops.zeros_like(new_sign), new_sign)
+    if variant == RPROP_PLUS:
+        # The previous move was `-previous_sign * step *
+        # previous_learning_rate`, and on a sign change `previous_sign` is
+        # `-sign` exactly: the revert is `-sign * step *
+        # previous_learning_rate`, bit for bit. Every move is then the sign
+        # times a scaled step size, one product with the sign per element.
+        scaled = ops.where(
+            sign_change,
+            step * previous_learning_rate,
+            kept_or_grown * learning_rate,
+        )
+        return -sign * scaled, new_sign, new_step
+    move = -sign * kept_or_grown * learning_rate
     if variant == IRPROP_MINUS:
         revert = ops.zeros_like(move)
-    elif variant == RPROP_PLUS:
-        revert = previous_sign * step * previous_learning_rate
     elif variant == IRPROP_PLUS:
         if loss_increased is None:
             raise ValueError(
