@@ -447,6 +447,142 @@ def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
     )
 
 
+def _torch_values(variables):
+    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+
+@torch_only
+def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
+    # The fused path also lays the small weights end to end and updates them
+    # there. Each stays the same tensor object, holding its value, so that
+    # the model reads the new weights and `assign` still reaches them.
+    import torch
+
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    losses = [np.float32(loss) for loss in LOSSES]
+    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
+    replacement = np.full(SHAPES[small[1]], 0.25, "float32")
+
+    def train(path):
+        variables = [keras.Variable(w) for w in weights]
+        optimizer = keras_rprop.Rprop(
+            variant="irprop+", learning_rate=LEARNING_RATE, fused=True
+        )
+        optimizer.build(variables)
+        if path == "reference":
+            optimizer._use_multi_tensor_path = lambda: False
+        tensors = [v.value for v in variables]
+        for step, (grads, loss) in enumerate(zip(gradients, losses)):
+            if step == 3:
+                variables[small[1]].assign(replacement)
+            grads = [keras.ops.convert_to_tensor(g) for g in grads]
+            optimizer.apply(grads, variables, loss=loss)
+        assert all(v.value is t for v, t in zip(variables, tensors))
+        return variables, optimizer
+
+    variables, optimizer = train("fast")
+    assert kernel_runs and all(kernel_runs)
+    storages = {variables[i].value.untyped_storage().data_ptr() for i in small}
+    assert len(storages) == 1  # One tensor holds the small weights.
+    reference_variables, reference_optimizer = train("reference")
+    _assert_same_results(
+        (
+            _torch_values(variables),
+            _torch_values(optimizer._steps),
+            _torch_values(optimizer._signs),
+        ),
+        (
+            _torch_values(reference_variables),
+            _torch_values(reference_optimizer._steps),
+            _torch_values(reference_optimizer._signs),
+        ),
+    )
+    # What a layer computes with is the updated weight.
+    with torch.no_grad():
+        doubled = (variables[small[0]].value * 2).cpu().numpy()
+    np.testing.assert_array_equal(
+        doubled, 2 * _torch_values(reference_variables)[small[0]]
+    )
+
+
+@torch_only
+def test_fused_path_follows_weights_given_new_memory(kernel_runs):
+    # A weight given new memory between steps (`.data = ...`, as
+    # `module.to(...)` does) is updated there, not in the memory it left,
+    # and the small weights are laid out end to end again.
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    variables = [keras.Variable(w) for w in weights]
+    optimizer = keras_rprop.Rprop(
+        variant="rprop-", learning_rate=LEARNING_RATE, fused=True
+    )
+    optimizer.build(variables)
+    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
+    for step, grads in enumerate(gradients):
+        if step == 2:
+            for i in (small[0], 0):  # A small weight and a large one.
+                parameter = variables[i].value
+                parameter.data = parameter.data.clone()
+        optimizer.apply(
+            [keras.ops.convert_to_tensor(g) for g in grads], variables
+        )
+    assert kernel_runs and all(kernel_runs)
+    storages = {variables[i].value.untyped_storage().data_ptr() for i in small}
+    assert len(storages) == 1
+    reference = _run("rprop-", "reference", weights, gradients)
+    fast = (
+        _torch_values(variables),
+        _torch_values(optimizer._steps),
+        _torch_values(optimizer._signs),
+    )
+    _assert_same_results(fast, reference)
+
+
+@torch_only
+def test_fused_path_leaves_weights_that_view_other_memory(kernel_runs):
+    # A weight that is a view of a larger tensor of the user's keeps
+    # sharing it: the small weights are then not moved, and the kernel's
+    # moves are added to each weight where it lies.
+    import torch
+
+    weights = _initial_weights(SHAPES)
+    gradients = _gradient_sequence(SHAPES, len(LOSSES))
+    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
+    i = small[-1]
+    owner = torch.zeros(int(np.prod(SHAPES[i])) + 50)
+    owner[50:] = torch.from_numpy(weights[i].reshape(-1))
+    shared = torch.nn.Parameter(owner[50:].view(SHAPES[i]))
+    variables = [keras.Variable(w) for w in weights]
+    variables[i] = keras.Variable(shared)
+    assert variables[i].value is shared
+    optimizer = keras_rprop.Rprop(
+        variant="rprop+", learning_rate=LEARNING_RATE, fused=True
+    )
+    optimizer.build(variables)
+    for grads, loss in zip(gradients, LOSSES):
+        optimizer.apply(
+            [keras.ops.convert_to_tensor(g) for g in grads],
+            variables,
+            loss=np.float32(loss),
+        )
+    assert kernel_runs and all(kernel_runs)
+    reference = _run("rprop+", "reference", weights, gradients)
+    fast = (
+        _torch_values(variables),
+        _torch_values(optimizer._steps),
+        _torch_values(optimizer._signs),
+    )
+    _assert_same_results(fast, reference)
+    # Still a view of the user's tensor, which holds the trained weight.
+    np.testing.assert_array_equal(
+        owner[50:].numpy(), reference[0][i].reshape(-1)
+    )
+    assert variables[small[0]].value.untyped_storage().data_ptr() != (
+        variables[small[1]].value.untyped_storage().data_ptr()
+    )
+
+
 @torch_only
 def test_fused_kernel_float64_and_mixed_dtypes(kernel_runs):
     # float64 buckets run the kernel; bfloat16 weights (float32 step sizes)

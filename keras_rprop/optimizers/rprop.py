@@ -94,8 +94,13 @@ class Rprop(keras.optimizers.Optimizer):
             once per process). `None` (default) compiles it for models of
             at least 2**20 parameters on the CPU, `True` always, `False`
             never. On a GPU the eager update is a few kernels per step
-            already, and `None` keeps it. Other backends compile the update
-            with XLA anyway and ignore it.
+            already, and `None` keeps it. To update many small variables in
+            one pass, the compiled update moves their weights, step sizes
+            and signs into one tensor each on its first step: every
+            variable keeps its tensor object and its value, which becomes
+            a view of its part (a weight that is itself a view of a
+            larger tensor is left where it is). Other backends compile the
+            update with XLA anyway and ignore it.
         weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
         ema_momentum, ema_overwrite_frequency, loss_scale_factor,
         gradient_accumulation_steps, name: The arguments of every
