@@ -447,8 +447,17 @@ def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
     )
 
 
-def _torch_values(variables):
-    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+def _results(variables, optimizer):
+    """Weights, step sizes and signs, as `_run` returns them."""
+
+    def values(tensors):
+        return [keras.ops.convert_to_numpy(t).copy() for t in tensors]
+
+    return (
+        values(variables),
+        values(optimizer._steps),
+        values(optimizer._signs),
+    )
 
 
 @torch_only
@@ -485,25 +494,12 @@ def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
     assert kernel_runs and all(kernel_runs)
     storages = {variables[i].value.untyped_storage().data_ptr() for i in small}
     assert len(storages) == 1  # One tensor holds the small weights.
-    reference_variables, reference_optimizer = train("reference")
-    _assert_same_results(
-        (
-            _torch_values(variables),
-            _torch_values(optimizer._steps),
-            _torch_values(optimizer._signs),
-        ),
-        (
-            _torch_values(reference_variables),
-            _torch_values(reference_optimizer._steps),
-            _torch_values(reference_optimizer._signs),
-        ),
-    )
+    reference = _results(*train("reference"))
+    _assert_same_results(_results(variables, optimizer), reference)
     # What a layer computes with is the updated weight.
     with torch.no_grad():
         doubled = (variables[small[0]].value * 2).cpu().numpy()
-    np.testing.assert_array_equal(
-        doubled, 2 * _torch_values(reference_variables)[small[0]]
-    )
+    np.testing.assert_array_equal(doubled, 2 * reference[0][small[0]])
 
 
 @torch_only
@@ -537,12 +533,7 @@ def test_multi_tensor_path_follows_weights_given_new_memory(kernel_runs, fused):
     else:
         assert kernel_runs == []
     reference = _run("rprop-", "reference", weights, gradients)
-    fast = (
-        _torch_values(variables),
-        _torch_values(optimizer._steps),
-        _torch_values(optimizer._signs),
-    )
-    _assert_same_results(fast, reference)
+    _assert_same_results(_results(variables, optimizer), reference)
 
 
 @torch_only
@@ -574,12 +565,7 @@ def test_fused_path_leaves_weights_that_view_other_memory(kernel_runs):
         )
     assert kernel_runs and all(kernel_runs)
     reference = _run("rprop+", "reference", weights, gradients)
-    fast = (
-        _torch_values(variables),
-        _torch_values(optimizer._steps),
-        _torch_values(optimizer._signs),
-    )
-    _assert_same_results(fast, reference)
+    _assert_same_results(_results(variables, optimizer), reference)
     # Still a view of the user's tensor, which holds the trained weight.
     np.testing.assert_array_equal(
         owner[50:].numpy(), reference[0][i].reshape(-1)
