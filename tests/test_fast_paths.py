@@ -537,6 +537,27 @@ def test_multi_tensor_path_follows_weights_given_new_memory(kernel_runs, fused):
 
 
 @torch_only
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_between_forward_and_backward_is_caught(kernel_runs, fused):
+    # A graph that saved the weights cannot be differentiated after an
+    # update changed them in place: PyTorch raises, on the eager path as
+    # after the fused kernel wrote the weights where they lie end to end.
+    variables = [keras.Variable(w) for w in _initial_weights(SHAPES)]
+    optimizer = keras_rprop.Rprop(variant="irprop-", fused=fused)
+    optimizer.build(variables)
+    grads = [
+        keras.ops.convert_to_tensor(g) for g in _gradient_sequence(SHAPES, 1)[0]
+    ]
+    optimizer.apply(grads, variables)  # Lays the small weights out.
+    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
+    loss = sum((variables[i].value ** 2).sum() for i in small)
+    optimizer.apply(grads, variables)
+    assert all(kernel_runs) and bool(kernel_runs) == fused
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@torch_only
 def test_fused_path_leaves_weights_that_view_other_memory(kernel_runs):
     # A weight that is a view of a larger tensor of the user's keeps
     # sharing it: the small weights are then not moved, and the kernel's

@@ -440,9 +440,16 @@ class _FusedBucket:
             )
         torch.cat(grads, out=self.gradient)
         if self.weight is not None:
-            return torch_fused.update_(
+            if not torch_fused.update_(
                 self.weight, self.gradient, *self.state, kernel_arguments
-            )
+            ):
+                return False
+            # The kernel wrote the weights through a tensor that autograd
+            # does not know as their view: their version counters must
+            # still say so, or a graph that saved the old weights would
+            # compute its gradients from the new ones without an error.
+            torch.autograd.graph.increment_version(self.weights)
+            return True
         if not torch_fused.update_(
             self.moves,
             self.gradient,
