@@ -219,8 +219,8 @@ class _Plan:
         if len(small) < 2:
             return False
         columns = [2, 3]  # Step sizes, then signs.
-        weights = [member[1] for member in small]
-        if _tiled([w.view(-1) for w in weights]) is not None or all(
+        # Weights that already lie end to end are left as they are below.
+        if all(
             weight.dtype == step.dtype
             and (
                 _owns_storage(weight)
