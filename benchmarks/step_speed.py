@@ -511,21 +511,17 @@ def _print_table(results):
             f"{'/Adam':>6s} {'paired /Adam':>17s} {'/bound':>6s} "
             f"{'torch/us':>8s} {'state B/p':>9s}"
         )
-        adam = {}
-        for row in rows:
-            if row["name"].startswith("keras Adam"):
-                adam[row["name"][len("keras Adam") :]] = row["median_ms"]
+        adam = {
+            row["name"]: row["median_ms"]
+            for row in rows
+            if row["name"].startswith("keras Adam")
+        }
         torch_rprop = min(
             (r["median_ms"] for r in rows if "torch.optim" in r["name"]),
             default=None,
         )
         for row in rows:
-            suffix = (
-                row["name"][row["name"].find(" (") :]
-                if (row["name"].endswith(("(jit)", "(graph)")))
-                else ""
-            )
-            adam_ms = adam.get(suffix)
+            adam_ms = adam.get(_adam_for(row["name"]))
             is_ours = row["name"].startswith("keras-rprop")
             ratio = f"{row['median_ms'] / adam_ms:6.2f}" if adam_ms else ""
             own_bound = adam_bound_ms if "Adam" in row["name"] else bound_ms
