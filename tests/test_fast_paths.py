@@ -25,6 +25,10 @@ BACKEND = keras.backend.backend()
 # that are concatenated into shared buckets.
 SHAPES = [(2500,), (40, 30), (7,), (), (3, 4, 5), (300,), (11, 13)]
 TEST_BUCKET_SIZE = 1000
+# The tensors that the fused path merges (and lays out end to end).
+SMALL = [
+    i for i, shape in enumerate(SHAPES) if np.prod(shape) < TEST_BUCKET_SIZE
+]
 LOSSES = [1.0, 0.8, 0.9, 0.7, 0.75, 0.6]
 LEARNING_RATE = 0.7
 
@@ -119,10 +123,19 @@ def _run(
     finally:
         if spying:
             module.update = update
+    return _results(variables, optimizer)
+
+
+def _results(variables, optimizer):
+    """The weights, step sizes and signs, as NumPy arrays of their own."""
+
+    def values(tensors):
+        return [keras.ops.convert_to_numpy(t).copy() for t in tensors]
+
     return (
-        [keras.ops.convert_to_numpy(v) for v in variables],
-        [keras.ops.convert_to_numpy(s) for s in optimizer._steps],
-        [keras.ops.convert_to_numpy(s) for s in optimizer._signs],
+        values(variables),
+        values(optimizer._steps),
+        values(optimizer._signs),
     )
 
 
@@ -417,9 +430,8 @@ def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
     first, first_variables = optimizer_on(weights)
     train(first, first_variables, slice(0, half))
     assert kernel_runs and all(kernel_runs)
-    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
     storages = {
-        first._steps[i].value.untyped_storage().data_ptr() for i in small
+        first._steps[i].value.untyped_storage().data_ptr() for i in SMALL
     }
     assert len(storages) == 1  # One tensor holds them all.
 
@@ -442,21 +454,8 @@ def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
     )
     _assert_same_results(resumed, reference)
     # The variables themselves changed, not a detached copy.
-    assert second._steps[small[0]].value.untyped_storage().data_ptr() == (
-        second._steps[small[1]].value.untyped_storage().data_ptr()
-    )
-
-
-def _results(variables, optimizer):
-    """Weights, step sizes and signs, as `_run` returns them."""
-
-    def values(tensors):
-        return [keras.ops.convert_to_numpy(t).copy() for t in tensors]
-
-    return (
-        values(variables),
-        values(optimizer._steps),
-        values(optimizer._signs),
+    assert second._steps[SMALL[0]].value.untyped_storage().data_ptr() == (
+        second._steps[SMALL[1]].value.untyped_storage().data_ptr()
     )
 
 
@@ -470,8 +469,7 @@ def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
     weights = _initial_weights(SHAPES)
     gradients = _gradient_sequence(SHAPES, len(LOSSES))
     losses = [np.float32(loss) for loss in LOSSES]
-    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
-    replacement = np.full(SHAPES[small[1]], 0.25, "float32")
+    replacement = np.full(SHAPES[SMALL[1]], 0.25, "float32")
 
     def train(path):
         variables = [keras.Variable(w) for w in weights]
@@ -484,7 +482,7 @@ def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
         tensors = [v.value for v in variables]
         for step, (grads, loss) in enumerate(zip(gradients, losses)):
             if step == 3:
-                variables[small[1]].assign(replacement)
+                variables[SMALL[1]].assign(replacement)
             grads = [keras.ops.convert_to_tensor(g) for g in grads]
             optimizer.apply(grads, variables, loss=loss)
         assert all(v.value is t for v, t in zip(variables, tensors))
@@ -492,14 +490,14 @@ def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
 
     variables, optimizer = train("fast")
     assert kernel_runs and all(kernel_runs)
-    storages = {variables[i].value.untyped_storage().data_ptr() for i in small}
+    storages = {variables[i].value.untyped_storage().data_ptr() for i in SMALL}
     assert len(storages) == 1  # One tensor holds the small weights.
     reference = _results(*train("reference"))
     _assert_same_results(_results(variables, optimizer), reference)
     # What a layer computes with is the updated weight.
     with torch.no_grad():
-        doubled = (variables[small[0]].value * 2).cpu().numpy()
-    np.testing.assert_array_equal(doubled, 2 * reference[0][small[0]])
+        doubled = (variables[SMALL[0]].value * 2).cpu().numpy()
+    np.testing.assert_array_equal(doubled, 2 * reference[0][SMALL[0]])
 
 
 @torch_only
@@ -515,10 +513,9 @@ def test_multi_tensor_path_follows_weights_given_new_memory(kernel_runs, fused):
         variant="rprop-", learning_rate=LEARNING_RATE, fused=fused
     )
     optimizer.build(variables)
-    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
     for step, grads in enumerate(gradients):
         if step == 2:
-            for i in (small[0], 0):  # A small weight and a large one.
+            for i in (SMALL[0], 0):  # A small weight and a large one.
                 parameter = variables[i].value
                 parameter.data = parameter.data.clone()
         optimizer.apply(
@@ -527,7 +524,7 @@ def test_multi_tensor_path_follows_weights_given_new_memory(kernel_runs, fused):
     if fused:
         assert kernel_runs and all(kernel_runs)
         storages = {
-            variables[i].value.untyped_storage().data_ptr() for i in small
+            variables[i].value.untyped_storage().data_ptr() for i in SMALL
         }
         assert len(storages) == 1
     else:
@@ -549,8 +546,7 @@ def test_step_between_forward_and_backward_is_caught(kernel_runs, fused):
         keras.ops.convert_to_tensor(g) for g in _gradient_sequence(SHAPES, 1)[0]
     ]
     optimizer.apply(grads, variables)  # Lays the small weights out.
-    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
-    loss = sum((variables[i].value ** 2).sum() for i in small)
+    loss = sum((variables[i].value ** 2).sum() for i in SMALL)
     optimizer.apply(grads, variables)
     assert all(kernel_runs) and bool(kernel_runs) == fused
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -566,8 +562,7 @@ def test_fused_path_leaves_weights_that_view_other_memory(kernel_runs):
 
     weights = _initial_weights(SHAPES)
     gradients = _gradient_sequence(SHAPES, len(LOSSES))
-    small = [i for i, shape in enumerate(SHAPES) if np.prod(shape) < 1000]
-    i = small[-1]
+    i = SMALL[-1]
     owner = torch.zeros(int(np.prod(SHAPES[i])) + 50)
     owner[50:] = torch.from_numpy(weights[i].reshape(-1))
     shared = torch.nn.Parameter(owner[50:].view(SHAPES[i]))
@@ -591,8 +586,8 @@ def test_fused_path_leaves_weights_that_view_other_memory(kernel_runs):
     np.testing.assert_array_equal(
         owner[50:].numpy(), reference[0][i].reshape(-1)
     )
-    assert variables[small[0]].value.untyped_storage().data_ptr() != (
-        variables[small[1]].value.untyped_storage().data_ptr()
+    assert variables[SMALL[0]].value.untyped_storage().data_ptr() != (
+        variables[SMALL[1]].value.untyped_storage().data_ptr()
     )
 
 
