@@ -2,10 +2,11 @@
 
 Every code path of the optimizer (the per-variable Keras path and the
 vectorized multi-tensor paths) calls `rprop_update`, so the four variants
-cannot drift apart between backends. `move_from_new_state` restates the
-move of the variants without backtracking from the state that
-`rprop_update` returns, for a caller that reads that state back. Both only
-use `keras.ops`, which accept native tensors of the active backend.
+cannot drift apart between backends. `move_from_new_state` and
+`move_against_gradient` restate the move of the variants without
+backtracking from the state that `rprop_update` returns, for a caller that
+reads that state back. All only use `keras.ops`, which accept native
+tensors of the active backend.
 """
 
 import keras
@@ -170,3 +171,25 @@ def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
     # the product is `-(new_sign * new_step * learning_rate)` exactly.
     move = new_sign * new_step * -learning_rate
     return ops.where(ops.isnan(gradient), gradient, move)
+
+
+def move_against_gradient(gradient, new_step, *, learning_rate=1.0):
+    """The move of `"rprop-"`, from its new step sizes and the gradient.
+
+    Rprop- moves every weight by its new step size against the sign of its
+    current gradient, whether that sign changed or not: the move is
+    `-sign(gradient) * new_step * learning_rate`, the move of
+    `rprop_update` bit for bit (a NaN gradient gives a NaN move where
+    `ops.sign` keeps NaN, as `rprop_update` does). A caller that has
+    written the new step sizes can compute the move from them without
+    reading the stored signs.
+
+    Args:
+        gradient: The gradient given to `rprop_update`.
+        new_step: Its `new_step`.
+        learning_rate: The learning rate given to `rprop_update`.
+
+    Returns:
+        The increment to add to the weights.
+    """
+    return -ops.sign(gradient) * new_step * learning_rate

