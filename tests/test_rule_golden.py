@@ -399,6 +399,39 @@ def test_pure_rule_special_gradients_every_stored_sign(variant, sign_dtype):
     assert (finite & flip).sum() == 6 and (finite & grow).sum() == 6
 
 
+def _check_moves_from_new_state(variant, move, learning_rate):
+    """Checks `move(gradient, new_sign, new_step)` against the reference.
+
+    Six float64 reference steps with sign flips and zero gradients; after
+    each, `move` gets the step's gradient and the state the reference
+    stored (in float32) and must give the reference's move.
+    """
+    rng = np.random.default_rng(3)
+    reference = ReferenceRprop(variant, [(400,)])
+    weights = [np.zeros(400)]
+    for _ in range(6):
+        gradient = rng.standard_normal(400)
+        gradient[rng.random(400) < 0.1] = 0.0
+        weights = reference.step(
+            weights, [gradient], learning_rate=learning_rate
+        )
+        got = move(
+            ops.convert_to_tensor(gradient, "float32"),
+            ops.convert_to_tensor(
+                np.sign(reference.previous_gradient[0]), "float32"
+            ),
+            ops.convert_to_tensor(reference.delta[0], "float32"),
+        )
+        # float32 inputs: the step sizes round once, the product twice.
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(got),
+            reference.previous_change[0],
+            rtol=3e-7,
+            atol=0,
+        )
+    assert reference.sign_changes > 0
+
+
 @pytest.mark.parametrize("variant", ["rprop-", "irprop-"])
 def test_move_from_new_state_is_the_papers_move(variant):
     """Without backtracking, the move follows from the state stored for it.
@@ -411,32 +444,14 @@ def test_move_from_new_state_is_the_papers_move(variant):
     """
     from keras_rprop import rule
 
-    rng = np.random.default_rng(3)
-    reference = ReferenceRprop(variant, [(400,)])
     learning_rate = 0.75
-    weights = [np.zeros(400)]
-    for _ in range(6):
-        gradient = rng.standard_normal(400)
-        gradient[rng.random(400) < 0.1] = 0.0
-        weights = reference.step(
-            weights, [gradient], learning_rate=learning_rate
-        )
-        move = rule.move_from_new_state(
-            ops.convert_to_tensor(gradient, "float32"),
-            ops.convert_to_tensor(
-                np.sign(reference.previous_gradient[0]), "float32"
-            ),
-            ops.convert_to_tensor(reference.delta[0], "float32"),
-            learning_rate=learning_rate,
-        )
-        # float32 inputs: the step sizes round once, the product twice.
-        np.testing.assert_allclose(
-            ops.convert_to_numpy(move),
-            reference.previous_change[0],
-            rtol=3e-7,
-            atol=0,
-        )
-    assert reference.sign_changes > 0
+    _check_moves_from_new_state(
+        variant,
+        lambda gradient, new_sign, new_step: rule.move_from_new_state(
+            gradient, new_sign, new_step, learning_rate=learning_rate
+        ),
+        learning_rate,
+    )
 
     move = rule.move_from_new_state(
         ops.convert_to_tensor([np.nan, 1.0, -1.0], "float32"),
@@ -461,28 +476,14 @@ def test_move_against_gradient_is_rprop_minus_move():
     from keras_rprop import rule
     from keras_rprop.optimizers import backend_compat
 
-    rng = np.random.default_rng(4)
-    reference = ReferenceRprop("rprop-", [(400,)])
     learning_rate = 0.75
-    weights = [np.zeros(400)]
-    for _ in range(6):
-        gradient = rng.standard_normal(400)
-        gradient[rng.random(400) < 0.1] = 0.0
-        weights = reference.step(
-            weights, [gradient], learning_rate=learning_rate
-        )
-        move = rule.move_against_gradient(
-            ops.convert_to_tensor(gradient, "float32"),
-            ops.convert_to_tensor(reference.delta[0], "float32"),
-            learning_rate=learning_rate,
-        )
-        np.testing.assert_allclose(
-            ops.convert_to_numpy(move),
-            reference.previous_change[0],
-            rtol=3e-7,
-            atol=0,
-        )
-    assert reference.sign_changes > 0
+    _check_moves_from_new_state(
+        "rprop-",
+        lambda gradient, new_sign, new_step: rule.move_against_gradient(
+            gradient, new_step, learning_rate=learning_rate
+        ),
+        learning_rate,
+    )
 
     specials = [0.0, -0.0, 2.5, -2.5, np.inf, -np.inf, np.nan]
     gradient = ops.convert_to_tensor(np.repeat(specials, 3), "float32")
