@@ -341,15 +341,14 @@ def test_compiled_weight_update_reads_the_new_state(variant):
         re.findall(r"(%[\w.-]+) = s8\[4096\]\S* parameter", program)
     )
     read = set()
-    for name, operands in re.findall(
-        r"(%[\w.-]+) = f32\[4096\]\S* fusion\(([^)]*)\)", program
+    for operands in re.findall(
+        r"%[\w.-]+ = f32\[4096\]\S* fusion\(([^)]*)\)", program
     ):
-        operands = [o.strip() for o in operands.split(",")]
-        if {shapes.get(o) for o in operands} >= {"f32", "s8"}:
+        operands = {o.strip() for o in operands.split(",")}
+        fused_inputs = {shapes.get(o) for o in operands}
+        if fused_inputs >= {"f32", "s8"}:
             read.add("new steps and signs")
-        elif "f32" in {shapes.get(o) for o in operands} and not (
-            parameters & set(operands)
-        ):
+        elif "f32" in fused_inputs and not parameters & operands:
             read.add("new steps, no signs")
     expected = {
         "rprop-": {"new steps, no signs"},
