@@ -1,7 +1,8 @@
 """The `keras-rprop` command line.
 
-`keras-rprop compare` trains the Rprop variants and Keras's Adam and SGD on
-benchmark problems and reports how they do; see `docs/compare.md`.
+`keras-rprop compare` trains the Rprop variants, Keras's Adam and SGD and
+SciPy's L-BFGS and Levenberg-Marquardt on benchmark problems and reports how
+they do; see `docs/compare.md`.
 """
 
 import argparse
@@ -37,14 +38,16 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     compare = commands.add_parser(
         "compare",
-        help="compare the Rprop variants with Adam and SGD on benchmarks",
+        help="compare the Rprop variants with Adam, SGD, L-BFGS and "
+        "Levenberg-Marquardt on benchmarks",
         description=(
             "Trains the same network from the same initial weights with each "
-            "Rprop variant and with Keras's Adam and SGD (full batch) and "
-            "Adam with mini-batches of 32, for several seeds; prints a table "
-            "per problem and writes table.md, runs.csv, results.json and "
-            "loss_curves.png. Without options it runs the default problems "
-            "in about a minute on two CPU cores."
+            "Rprop variant, Keras's Adam and SGD (full batch, through "
+            "keras_rprop.fit_full_batch), Adam with mini-batches of 32 "
+            "(model.fit) and SciPy's L-BFGS-B and Levenberg-Marquardt, for "
+            "several seeds; prints a table per problem with the epochs, "
+            "gradient evaluations and seconds to the target loss, and "
+            "writes table.md, runs.csv, results.json and loss_curves.png."
         ),
     )
     compare.add_argument(
@@ -52,7 +55,7 @@ def build_parser():
         type=_names,
         metavar="NAMES",
         help="comma-separated problems (see --list); default: "
-        "encoder,breast-cancer",
+        "encoder,breast-cancer,diabetes",
     )
     compare.add_argument(
         "--optimizers",
@@ -80,12 +83,11 @@ def build_parser():
         help="Keras backend; default: KERAS_BACKEND or Keras's configured one",
     )
     compare.add_argument(
-        "--engine",
-        choices=("loop", "fit"),
-        default="loop",
-        help="loop: a compiled training step per backend (fast, default); "
-        "fit: keras_rprop.fit_full_batch and model.fit (same weights, "
-        "slower)",
+        "--plot-x",
+        choices=("epochs", "evaluations", "seconds"),
+        default="epochs",
+        help="x axis of loss_curves.png: epochs (iterations for lbfgs and "
+        "lm, default), gradient evaluations or seconds",
     )
     compare.add_argument(
         "--output",
@@ -138,9 +140,7 @@ def main(argv=None):
 
     try:
         # Unknown names fail here, before anything is trained.
-        runner.resolve(
-            args.problems, args.optimizers, 1, args.epochs, args.engine
-        )
+        runner.resolve(args.problems, args.optimizers, 1, args.epochs)
     except ValueError as error:
         parser.exit(2, f"keras-rprop compare: error: {error}\n")
     compare.run(
@@ -149,7 +149,7 @@ def main(argv=None):
         seeds=args.seeds or compare.DEFAULT_SEEDS,
         epochs=args.epochs,
         output=args.output or compare.DEFAULT_OUTPUT,
-        engine=args.engine,
+        plot_x=args.plot_x,
         verbose=not args.quiet,
         command=" ".join(["keras-rprop", *argv]),
     )

@@ -1,9 +1,12 @@
-"""`keras-rprop compare`: the Rprop variants against Adam and SGD.
+"""`keras-rprop compare`: the Rprop variants against Adam, SGD, L-BFGS and LM.
 
 Trains the same network from the same initial weights with every optimizer
 on classic Rprop benchmarks and on data sets bundled with scikit-learn, for
-several seeds, then prints a table per problem and writes a loss-curve plot,
-a CSV and a JSON file. From Python:
+several seeds, then prints a table per problem (epochs, gradient evaluations
+and seconds to the target loss) and writes a loss-curve plot, a CSV and a
+JSON file. Keras optimizers train through `keras_rprop.fit_full_batch` (full
+batch) and `model.fit` (mini-batches); `lbfgs` and `lm` are SciPy's L-BFGS-B
+and Levenberg-Marquardt on the model's weights. From Python:
 
 ```python
 from keras_rprop import compare
@@ -45,7 +48,7 @@ def run(
     seeds=DEFAULT_SEEDS,
     epochs=None,
     output=DEFAULT_OUTPUT,
-    engine="loop",
+    plot_x=plot.DEFAULT_X,
     verbose=True,
     command=None,
 ):
@@ -62,10 +65,8 @@ def run(
         output: Folder for `table.md`, `runs.csv`, `results.json` and
             `loss_curves.png` (created if missing), or `None` to write
             nothing.
-        engine: How to train: `"loop"`, a compiled step per backend that
-            hands the loss to the optimizer (fast), or `"fit"`, Keras's
-            `fit` through `keras_rprop.fit_full_batch` (the same weights,
-            slower). See `keras_rprop.compare.trainers`.
+        plot_x: The plot's x axis: `"epochs"` (iterations for `lbfgs` and
+            `lm`), `"evaluations"` (gradient evaluations) or `"seconds"`.
         verbose: Whether to print one line per run and the tables.
         command: The command line to record with the results.
 
@@ -74,19 +75,24 @@ def run(
     """
     log = print_flush if verbose else None
     start = time.perf_counter()
+    if plot_x not in plot.X_AXES:
+        raise ValueError(
+            f"Argument `plot_x` must be one of {plot.X_AXES}. "
+            f"Received: plot_x={plot_x!r}"
+        )
     results = run_comparison(
         problems=problems,
         optimizers=optimizers,
         seeds=seeds,
         epochs=epochs,
-        engine=engine,
         log=log,
     )
     total_time = time.perf_counter() - start
     backend = keras.backend.backend()
     header = (
-        f"Keras {keras.__version__}, backend {backend}, engine {engine}, "
-        f"{len(results)} runs in {total_time:.0f} s."
+        f"Keras {keras.__version__}, backend {backend}, "
+        f"{sum(r.skipped is None for r in results)} runs in "
+        f"{total_time:.0f} s."
     )
     if command:
         header = f"`{command}`\n\n{header}"
@@ -101,9 +107,11 @@ def run(
         report.write_json(
             results,
             os.path.join(output, JSON_FILE),
-            metadata=_metadata(command, backend, engine, total_time),
+            metadata=_metadata(command, backend, total_time),
         )
-        plot.plot_loss_curves(results, os.path.join(output, PLOT_FILE))
+        plot.plot_loss_curves(
+            results, os.path.join(output, PLOT_FILE), x_axis=plot_x
+        )
         if verbose:
             names = ", ".join((TABLE_FILE, CSV_FILE, JSON_FILE, PLOT_FILE))
             print_flush(f"Wrote {names} to {os.path.abspath(output)}")
@@ -114,13 +122,12 @@ def print_flush(line):
     print(line, flush=True)
 
 
-def _metadata(command, backend, engine, total_time):
+def _metadata(command, backend, total_time):
     from keras_rprop import __version__
 
     return {
         "command": command,
         "backend": backend,
-        "engine": engine,
         "keras_version": keras.__version__,
         "keras_rprop_version": __version__,
         "python": sys.version.split()[0],

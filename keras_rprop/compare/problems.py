@@ -407,11 +407,11 @@ register(
         output_activation="linear",
         loss="MeanSquaredError",
         target_loss=0.4,
-        epochs=500,
+        epochs=100,
         task=REGRESSION,
     )
 )
 
-# The problems that run when none is named: small enough to finish in about
-# a minute on two CPU cores, and showing both a classic and a real data set.
-DEFAULT_PROBLEMS = ("encoder", "breast-cancer")
+# The problems that run when none is named: a classic benchmark, a real
+# classification and a real regression, where Levenberg-Marquardt applies.
+DEFAULT_PROBLEMS = ("encoder", "breast-cancer", "diabetes")

@@ -12,10 +12,10 @@ from keras_rprop.compare import problems as problems_lib
 def summarize(results):
     """Aggregates the runs of each (problem, optimizer) over the seeds.
 
-    Epochs to target are summarized over all seeds with "not reached"
-    counted as infinitely many epochs, so the median is "not reached" when
-    more than half of the seeds missed the target; the spread is over the
-    seeds that reached it.
+    Epochs, gradient evaluations and seconds to target are summarized over
+    all seeds with "not reached" counted as infinitely many, so the median
+    is "not reached" when more than half of the seeds missed the target; the
+    spread is over the seeds that reached it.
 
     Args:
         results: A list of `RunResult`.
@@ -23,54 +23,75 @@ def summarize(results):
     Returns:
         A list of dicts, one per (problem, optimizer) in order of first
         appearance, with the keys `problem`, `optimizer`, `runs`, `reached`,
-        `epochs_median`, `epochs_min`, `epochs_max` (`None` when not reached),
-        `loss_median`, `loss_min`, `loss_max`, `metric_median`, `metric_min`,
-        `metric_max` and `time_median`.
+        `skipped` (the reason, or `None`), and for each of `epochs`,
+        `evaluations` and `seconds` (to target) `<key>_median`, `<key>_min`
+        and `<key>_max` (`None` when not reached), then `loss_median`,
+        `loss_min`, `loss_max`, `metric_median`, `metric_min`, `metric_max`
+        and `time_median`.
     """
     groups = {}
     for result in results:
         groups.setdefault((result.problem, result.optimizer), []).append(result)
     rows = []
     for (problem, optimizer), runs in groups.items():
-        epochs = [
-            math.inf if r.epochs_to_target is None else r.epochs_to_target
-            for r in runs
-        ]
-        reached = [e for e in epochs if e != math.inf]
-        median = float(np.median(epochs))
-        losses = [r.final_loss for r in runs]
-        metrics = [r.test_metric for r in runs]
-        rows.append(
-            {
-                "problem": problem,
-                "optimizer": optimizer,
-                "runs": len(runs),
-                "reached": len(reached),
-                "epochs_median": None if median == math.inf else median,
-                "epochs_min": min(reached) if reached else None,
-                "epochs_max": max(reached) if reached else None,
-                "loss_median": float(np.median(losses)),
-                "loss_min": float(np.min(losses)),
-                "loss_max": float(np.max(losses)),
-                "metric_median": float(np.median(metrics)),
-                "metric_min": float(np.min(metrics)),
-                "metric_max": float(np.max(metrics)),
-                "time_median": float(np.median([r.wall_time for r in runs])),
-            }
-        )
+        row = {"problem": problem, "optimizer": optimizer}
+        if runs[0].skipped:
+            row.update(runs=0, reached=0, skipped=runs[0].skipped)
+            rows.append(row)
+            continue
+        row.update(runs=len(runs), skipped=None)
+        for key, attribute in (
+            ("epochs", "epochs_to_target"),
+            ("evaluations", "evaluations_to_target"),
+            ("seconds", "seconds_to_target"),
+        ):
+            values = [getattr(r, attribute) for r in runs]
+            reached = [v for v in values if v is not None]
+            median = float(
+                np.median([math.inf if v is None else v for v in values])
+            )
+            row[f"{key}_median"] = None if median == math.inf else median
+            row[f"{key}_min"] = min(reached) if reached else None
+            row[f"{key}_max"] = max(reached) if reached else None
+            row["reached"] = len(reached)
+        for key, values in (
+            ("loss", [r.final_loss for r in runs]),
+            ("metric", [r.test_metric for r in runs]),
+        ):
+            row[f"{key}_median"] = float(np.median(values))
+            row[f"{key}_min"] = float(np.min(values))
+            row[f"{key}_max"] = float(np.max(values))
+        row["time_median"] = float(np.median([r.wall_time for r in runs]))
+        rows.append(row)
     return rows
 
 
-def _epochs_cell(row):
-    if row["epochs_median"] is None:
-        if row["reached"]:
+def _to_target_cell(row, key, number_format, spread=True):
+    median = row[f"{key}_median"]
+    low, high = row[f"{key}_min"], row[f"{key}_max"]
+    if median is None:
+        if row["reached"] and spread:
             return (
-                f"not reached (reached: {row['epochs_min']}-"
-                f"{row['epochs_max']})"
+                f"not reached (reached: {low:{number_format}}-"
+                f"{high:{number_format}})"
             )
         return "not reached"
-    median = f"{row['epochs_median']:g}"
-    return f"{median} ({row['epochs_min']}-{row['epochs_max']})"
+    if not spread:
+        return f"{median:{number_format}}"
+    return f"{median:{number_format}} ({low:{number_format}}-{high:{number_format}})"
+
+
+# Footnotes for the optimizers whose epochs and evaluations differ in kind.
+NOTES = {
+    "lbfgs": "lbfgs: epochs are L-BFGS-B iterations, each of one or more "
+    "loss-and-gradient evaluations.",
+    "lm": "lm: epochs are Levenberg-Marquardt iterations (accepted steps); "
+    "its gradient evaluations are evaluations of the Jacobian of the "
+    "residuals, one row per residual.",
+    "adam-mb32": "adam-mb32: one pass over the training set counts as one "
+    "gradient evaluation; the loss on the whole training set is measured "
+    "off the clock.",
+}
 
 
 def format_table(problem, rows):
@@ -81,42 +102,58 @@ def format_table(problem, rows):
         rows: Rows of `summarize` for this problem.
 
     Returns:
-        The table as a string, without a trailing newline.
+        The table as a string, without a trailing newline, followed by a
+        line per skipped optimizer saying why.
     """
     if isinstance(problem, str):
         problem = problems_lib.get_problem(problem)
-    spread = "median (min-max)"
+    target = f"{problem.target_loss:g}"
     header = [
         "optimizer",
         "reached",
-        f"epochs to loss {problem.target_loss:g}, {spread}",
-        f"final loss, {spread}",
-        f"{problem.metric_name}, {spread}",
+        f"epochs to loss {target}, median (min-max)",
+        f"gradient evaluations to {target}, median",
+        f"seconds to {target}, median",
+        "final loss, median (min-max)",
+        f"{problem.metric_name}, median (min-max)",
         "time (s), median",
     ]
     metric_format = ".1f" if problem.task == problems_lib.REGRESSION else ".3f"
-    body = [
-        [
-            row["optimizer"],
-            f"{row['reached']}/{row['runs']}",
-            _epochs_cell(row),
-            f"{row['loss_median']:.2e} ({row['loss_min']:.1e}-"
-            f"{row['loss_max']:.1e})",
-            f"{row['metric_median']:{metric_format}} "
-            f"({row['metric_min']:{metric_format}}-"
-            f"{row['metric_max']:{metric_format}})",
-            f"{row['time_median']:.2f}",
-        ]
-        for row in rows
+    body, notes = [], []
+    for row in rows:
+        if row["skipped"]:
+            body.append([row["optimizer"], "skipped, see below"] + ["-"] * 6)
+            notes.append(f"{row['optimizer']} {row['skipped']}.")
+            continue
+        body.append(
+            [
+                row["optimizer"],
+                f"{row['reached']}/{row['runs']}",
+                _to_target_cell(row, "epochs", "g"),
+                _to_target_cell(row, "evaluations", ".4g", spread=False),
+                _to_target_cell(row, "seconds", ".2f", spread=False),
+                f"{row['loss_median']:.2e} ({row['loss_min']:.1e}-"
+                f"{row['loss_max']:.1e})",
+                f"{row['metric_median']:{metric_format}} "
+                f"({row['metric_min']:{metric_format}}-"
+                f"{row['metric_max']:{metric_format}})",
+                f"{row['time_median']:.2f}",
+            ]
+        )
+    columns = len(header)
+    widths = [
+        max(len(line[i]) for line in [header] + body) for i in range(columns)
     ]
-    widths = [max(len(line[i]) for line in [header] + body) for i in range(6)]
 
     def line(cells):
         padded = (cell.ljust(width) for cell, width in zip(cells, widths))
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return "\n".join([line(header), rule] + [line(cells) for cells in body])
+    table = "\n".join([line(header), rule] + [line(cells) for cells in body])
+    if notes:
+        table += "\n\n" + "\n".join(notes)
+    return table
 
 
 def format_report(results, header=""):
@@ -133,15 +170,21 @@ def format_report(results, header=""):
     parts = [header.rstrip()] if header else []
     for name in dict.fromkeys(row["problem"] for row in rows):
         problem = problems_lib.get_problem(name)
-        seeds = len({r.seed for r in results if r.problem == name})
+        seeds = len(
+            {r.seed for r in results if r.problem == name and not r.skipped}
+        )
         epochs = next(r.epochs for r in results if r.problem == name)
         parts.append(
             f"## {name}\n\n{problem.summary}. Loss {problem.loss_label}, "
-            f"{epochs} epochs, {seeds} seed{'s' if seeds > 1 else ''}.\n\n"
+            f"{epochs} epochs, {seeds} seed{'s' if seeds != 1 else ''}.\n\n"
             + format_table(
                 problem, [row for row in rows if row["problem"] == name]
             )
         )
+    names = {r.optimizer.split(":")[0] for r in results if not r.skipped}
+    notes = [note for name, note in NOTES.items() if name in names]
+    if notes:
+        parts.append("\n".join(notes))
     return "\n\n".join(parts) + "\n"
 
 
@@ -153,10 +196,16 @@ RUN_FIELDS = (
     "epochs",
     "batch_size",
     "epochs_to_target",
+    "evaluations_to_target",
+    "seconds_to_target",
     "final_loss",
     "test_metric",
     "wall_time",
+    "skipped",
 )
+
+
+CURVE_FIELDS = ("losses", "loss_evaluations", "gradient_evaluations", "times")
 
 
 def write_csv(results, path):
@@ -201,7 +250,8 @@ def write_json(results, path, metadata=None):
     runs = []
     for result in results:
         run = {field: getattr(result, field) for field in RUN_FIELDS}
-        run["losses"] = list(result.losses)
+        for curve in CURVE_FIELDS:
+            run[curve] = list(getattr(result, curve))
         runs.append(run)
     document = {
         "metadata": metadata or {},

@@ -21,17 +21,21 @@ class OptimizerSpec:
         name: Name on the command line and in the tables.
         summary: What it is, for `--list`.
         build: Function `(learning_rate or None) -> keras optimizer`; `None`
-            keeps the optimizer's default learning rate.
+            keeps the optimizer's default learning rate. `None` for the
+            SciPy methods.
         batch_size: `None` for full-batch training, else the mini-batch size.
         learning_rate: Learning rate given as `name:rate` on the command
             line, or `None` for the default.
+        method: `None` for a Keras optimizer, `"lbfgs"` or `"lm"` for
+            SciPy's L-BFGS-B and Levenberg-Marquardt.
     """
 
     name: str
     summary: str
-    build: Callable
+    build: Optional[Callable]
     batch_size: Optional[int] = None
     learning_rate: Optional[float] = None
+    method: Optional[str] = None
 
     @property
     def label(self):
@@ -41,6 +45,34 @@ class OptimizerSpec:
 
     def make(self):
         return self.build(self.learning_rate)
+
+    def skip_reason(self, problem, data):
+        """Why this optimizer does not run on `problem`, or `None`."""
+        samples = len(data.x_train)
+        if self.batch_size is not None and samples <= self.batch_size:
+            return (
+                f"skipped: {samples} training samples, so one batch of "
+                f"{self.batch_size} is the full batch"
+            )
+        if self.method == "lm":
+            if problem.loss != "MeanSquaredError":
+                return (
+                    "skipped: Levenberg-Marquardt needs a squared-error loss "
+                    f"(this problem's is {problem.loss})"
+                )
+            residuals = samples * problem.output_units(data)
+            weights = _count_weights(problem, data)
+            if residuals < weights:
+                return (
+                    f"skipped: Levenberg-Marquardt needs at least as many "
+                    f"residuals ({residuals}) as weights ({weights})"
+                )
+        return None
+
+
+def _count_weights(problem, data):
+    sizes = [data.x_train.shape[1], *problem.hidden, problem.output_units(data)]
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def _keras_optimizer(cls):
@@ -84,9 +116,24 @@ OPTIMIZERS = {
     "adam-mb32": OptimizerSpec(
         "adam-mb32",
         "keras.optimizers.Adam, defaults, mini-batches of 32 reshuffled "
-        "every epoch",
+        "every epoch (skipped when the training set fits in one batch)",
         _keras_optimizer(keras.optimizers.Adam),
         batch_size=32,
+    ),
+    "lbfgs": OptimizerSpec(
+        "lbfgs",
+        "scipy.optimize.minimize(method='L-BFGS-B'), defaults, at most "
+        "EPOCHS iterations and loss-and-gradient evaluations",
+        None,
+        method="lbfgs",
+    ),
+    "lm": OptimizerSpec(
+        "lm",
+        "scipy.optimize.least_squares(method='lm'), Levenberg-Marquardt, "
+        "defaults, at most EPOCHS residual evaluations; squared-error "
+        "problems only",
+        None,
+        method="lm",
     ),
 }
 
@@ -106,6 +153,11 @@ def get_optimizer(spec):
         )
     if not rate:
         return OPTIMIZERS[name]
+    if OPTIMIZERS[name].method is not None:
+        raise ValueError(
+            f"Argument `optimizers`: {name} has no learning rate. "
+            f"Received: {spec!r}"
+        )
     try:
         learning_rate = float(rate)
     except ValueError:
@@ -122,31 +174,51 @@ def get_optimizer(spec):
 class RunResult:
     """The outcome of training one optimizer on one problem from one seed.
 
+    The curves hold one point per epoch (per iteration for `lbfgs` and
+    `lm`), the first at the initial weights.
+
     Attributes:
         problem, optimizer, seed, backend: What ran where.
-        epochs: Epoch budget.
+        epochs: Budget (epochs; iterations and evaluations for `lbfgs`,
+            residual evaluations for `lm`).
         batch_size: `None` for full batch.
-        losses: Training loss on the whole training set before training and
-            after each epoch (`epochs + 1` values).
-        epochs_to_target: First epoch after which the training loss was at
-            or below the problem's target, or `None` if it never was.
-        final_loss: Training loss after the last epoch.
+        losses: Training loss on the whole training set.
+        loss_evaluations: Loss evaluations the optimizer had made when each
+            loss was known; with mini-batches, one pass over the training
+            set counts as one.
+        gradient_evaluations: Gradient evaluations by then (Jacobian
+            evaluations for `lm`).
+        times: Seconds from the start of the run until each loss was known.
+            The first seed of each optimizer also pays for compiling.
+        epochs_to_target: First epoch (iteration) whose loss was at or below
+            the problem's target, or `None` if none was.
+        evaluations_to_target: Gradient evaluations at that point.
+        seconds_to_target: Seconds at that point.
+        final_loss: The last loss.
         test_metric: Test accuracy, or test RMSE for regression.
-        wall_time: Seconds spent training. The first seed of each
-            optimizer also pays for compiling the training step.
+        wall_time: Seconds spent on the run.
+        skipped: Why the optimizer did not run on the problem, or `None`.
+            A skipped optimizer has one result, with `seed=None`, empty
+            curves and NaN numbers.
     """
 
     problem: str
     optimizer: str
-    seed: int
+    seed: Optional[int]
     backend: str
     epochs: int
     batch_size: Optional[int]
     losses: np.ndarray
+    loss_evaluations: np.ndarray
+    gradient_evaluations: np.ndarray
+    times: np.ndarray
     epochs_to_target: Optional[int]
+    evaluations_to_target: Optional[float]
+    seconds_to_target: Optional[float]
     final_loss: float
     test_metric: float
     wall_time: float
+    skipped: Optional[str] = None
 
 
 def epochs_to_target(losses, target):
@@ -155,10 +227,38 @@ def epochs_to_target(losses, target):
     return int(reached[0]) if reached.size else None
 
 
-def run_seeds(problem, spec, seeds, epochs=None, data=None, engine="loop"):
+def _result(problem, spec, seed, epochs, curve=None, skipped=None, **rest):
+    empty = np.zeros(0)
+    losses, loss_evals, grad_evals, times = (
+        curve.arrays() if curve is not None else (empty,) * 4
+    )
+    index = epochs_to_target(losses, problem.target_loss)
+    return RunResult(
+        problem=problem.name,
+        optimizer=spec.label,
+        seed=seed,
+        backend=keras.backend.backend(),
+        epochs=int(epochs),
+        batch_size=spec.batch_size,
+        losses=losses,
+        loss_evaluations=loss_evals,
+        gradient_evaluations=grad_evals,
+        times=times,
+        epochs_to_target=index,
+        evaluations_to_target=(
+            None if index is None else float(grad_evals[index])
+        ),
+        seconds_to_target=None if index is None else float(times[index]),
+        final_loss=float(losses[-1]) if losses.size else float("nan"),
+        skipped=skipped,
+        **rest,
+    )
+
+
+def run_seeds(problem, spec, seeds, epochs=None, data=None):
     """Trains one optimizer on one problem from the weights of each seed.
 
-    The model and its compiled training step are made once and reset to the
+    The model and its compiled functions are made once and reset to the
     initial weights of every seed (and the optimizer to its initial state).
 
     Args:
@@ -168,44 +268,48 @@ def run_seeds(problem, spec, seeds, epochs=None, data=None, engine="loop"):
             shuffling of mini-batches).
         epochs: Epoch budget; defaults to the problem's.
         data: The problem's data, if already loaded.
-        engine: `"loop"` or `"fit"`, see `trainers`.
 
     Yields:
-        A `RunResult` per seed.
+        A `RunResult` per seed, or one with `skipped` set when the
+        optimizer does not apply to the problem.
     """
     if isinstance(problem, str):
         problem = problems_lib.get_problem(problem)
     spec = get_optimizer(spec)
     data = data if data is not None else problem.load()
     epochs = problem.epochs if epochs is None else epochs
+    skipped = spec.skip_reason(problem, data)
+    if skipped:
+        yield _result(
+            problem,
+            spec,
+            None,
+            epochs,
+            skipped=skipped,
+            test_metric=float("nan"),
+            wall_time=float("nan"),
+        )
+        return
     # Frees the previous model's graphs and layer names; a full garbage
     # collection would cost more than a small run.
     keras.utils.clear_session(free_memory=False)
     model = problem.build_model(data, seeds[0])
-    trainer = trainers.make_trainer(
-        model, spec.make(), problem.make_loss(), engine
-    )
+    trainer = trainers.make_trainer(model, spec, problem, data)
     shapes = [tuple(w.shape) for w in model.weights]
     for seed in seeds:
-        trainer.reset(problems_lib.initial_weights(shapes, seed))
+        weights = problems_lib.initial_weights(shapes, seed)
         start = time.perf_counter()
-        losses = trainer.train(
-            data.x_train, data.y_train, epochs, spec.batch_size, seed
-        )
+        curve = trainer.run(weights, epochs, seed)
         wall_time = time.perf_counter() - start
         predictions = keras.ops.convert_to_numpy(
             model(data.x_test, training=False)
         )
-        yield RunResult(
-            problem=problem.name,
-            optimizer=spec.label,
-            seed=int(seed),
-            backend=keras.backend.backend(),
-            epochs=int(epochs),
-            batch_size=spec.batch_size,
-            losses=losses,
-            epochs_to_target=epochs_to_target(losses, problem.target_loss),
-            final_loss=float(losses[-1]),
+        yield _result(
+            problem,
+            spec,
+            int(seed),
+            epochs,
+            curve,
             test_metric=problem.test_metric(data, predictions),
             wall_time=wall_time,
         )
@@ -230,7 +334,7 @@ def _seed_list(seeds):
     return [int(s) for s in seeds]
 
 
-def resolve(problems, optimizers, seeds, epochs, engine="loop"):
+def resolve(problems, optimizers, seeds, epochs):
     """Checks the arguments of `run_comparison` and resolves the names.
 
     Returns:
@@ -264,11 +368,6 @@ def resolve(problems, optimizers, seeds, epochs, engine="loop"):
             "Argument `epochs` must be a positive integer. "
             f"Received: epochs={epochs!r}"
         )
-    if engine not in trainers.ENGINES:
-        raise ValueError(
-            f"Argument `engine` must be one of {trainers.ENGINES}. "
-            f"Received: engine={engine!r}"
-        )
     return problems, specs, _seed_list(seeds)
 
 
@@ -277,7 +376,6 @@ def run_comparison(
     optimizers=None,
     seeds=5,
     epochs=None,
-    engine="loop",
     log=print,
 ):
     """Trains every optimizer on every problem for every seed.
@@ -289,38 +387,42 @@ def run_comparison(
             defaults to all of `OPTIMIZERS`.
         seeds: Number of seeds (0, 1, ...) or a list of seeds.
         epochs: Epoch budget for every problem; defaults to each problem's.
-        engine: `"loop"` (a compiled step per backend) or `"fit"` (Keras's
-            `fit`, through `keras_rprop.fit_full_batch` for full batches).
         log: Function called with one line of progress per run, or `None`.
 
     Returns:
         A list of `RunResult`: problem by problem, optimizer by optimizer,
         seed by seed.
     """
-    problems, specs, seeds = resolve(
-        problems, optimizers, seeds, epochs, engine
-    )
+    problems, specs, seeds = resolve(problems, optimizers, seeds, epochs)
     total = len(problems) * len(specs) * len(seeds)
+    done = 0
     results = []
     for problem in problems:
         data = problem.load()
         for spec in specs:
-            for result in run_seeds(problem, spec, seeds, epochs, data, engine):
+            for result in run_seeds(problem, spec, seeds, epochs, data):
                 results.append(result)
+                done += len(seeds) if result.skipped else 1
                 if log:
-                    log(_progress_line(len(results), total, problem, result))
+                    log(_progress_line(done, total, problem, result))
     return results
 
 
 def _progress_line(index, total, problem, result):
     width = len(str(total))
+    prefix = f"[{index:>{width}}/{total}] {problem.name} {result.optimizer:<10}"
+    if result.skipped:
+        return f"{prefix} {result.skipped}"
     if result.epochs_to_target is None:
         reached = "target not reached"
     else:
-        reached = f"target at epoch {result.epochs_to_target}"
+        reached = (
+            f"target at epoch {result.epochs_to_target} "
+            f"({result.evaluations_to_target:g} gradient evaluations, "
+            f"{result.seconds_to_target:.2f} s)"
+        )
     return (
-        f"[{index:>{width}}/{total}] {problem.name} {result.optimizer:<10} "
-        f"seed {result.seed}: loss {result.final_loss:.3g}, {reached}, "
-        f"{problem.metric_name} {result.test_metric:.3f}, "
+        f"{prefix} seed {result.seed}: loss {result.final_loss:.3g}, "
+        f"{reached}, {problem.metric_name} {result.test_metric:.3f}, "
         f"{result.wall_time:.2f} s"
     )
