@@ -41,7 +41,7 @@ class Curve:
         self.times.append(float(seconds))
 
     def arrays(self):
-        """The four lists as NumPy arrays (float64, int, int, float64)."""
+        """The four lists as float64 NumPy arrays, in the order above."""
         return (
             np.asarray(self.losses, "float64"),
             np.asarray(self.loss_evaluations, "float64"),

@@ -226,7 +226,10 @@ def _csv_value(value):
 
 
 def write_json(results, path, metadata=None):
-    """Writes the problems, the summary and every run with its loss curve.
+    """Writes the problems, the summary and every run with its curves.
+
+    Each run holds, per epoch or iteration, `losses`, `loss_evaluations`,
+    `gradient_evaluations` and `times` (see `RunResult`).
 
     Args:
         results: A list of `RunResult`.
