@@ -4,8 +4,8 @@ A run's `Curve` holds one point per epoch (or per iteration of L-BFGS and
 Levenberg-Marquardt): the training loss on the whole training set, the
 numbers of loss and gradient evaluations the optimizer had made when that
 loss was known, and the seconds since the run started. Keras optimizers
-record it with `RunRecorder`, a Keras callback given to
-`keras_rprop.fit_full_batch` or `model.fit`.
+record it with a Keras callback: `RunRecorder` given to
+`keras_rprop.fit_full_batch`, `MiniBatchRecorder` given to `model.fit`.
 """
 
 import time
@@ -51,30 +51,21 @@ class Curve:
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """Records a `Curve` while `fit_full_batch` or `model.fit` trains.
+    """Records a `Curve` while `fit_full_batch` trains, epoch by epoch.
 
-    Full batch (`batch_size=None`): the loss in the logs of epoch `k` is the
-    loss at the weights the epoch's step started from, computed by that
-    step's loss and gradient evaluation, the `k + 1`-th. The loss after the
-    last epoch is added by `finish`, one more loss evaluation.
-
-    Mini-batches: each batch's gradient is counted as its share of the
-    training set, so a pass counts as one evaluation. The loss on the whole
-    training set is measured after every epoch by `measure_loss`, off the
-    clock: the optimizer never computes it.
+    The loss in the logs of epoch `k` is the loss at the weights the
+    epoch's step started from, computed by that step's loss and gradient
+    evaluation, the `k + 1`-th. The loss after the last epoch is added by
+    `finish`, one more loss evaluation. The recorder has no batch hooks, so
+    an engine may skip them.
 
     Args:
-        num_samples: Size of the training set.
-        batch_size: `None` for full-batch training, else the mini-batch size.
         measure_loss: Function without arguments returning the loss on the
-            whole training set at the current weights; used for mini-batches
-            and by `finish`.
+            whole training set at the model's current weights.
     """
 
-    def __init__(self, num_samples, batch_size, measure_loss):
+    def __init__(self, measure_loss):
         super().__init__()
-        self.num_samples = num_samples
-        self.batch_size = batch_size
         self.measure_loss = measure_loss
         self.start()
 
@@ -82,14 +73,51 @@ class RunRecorder(keras.callbacks.Callback):
         """Starts a new curve and its clock."""
         self.curve = Curve()
         self.evaluations = 0
-        self._samples = 0
         self._excluded = 0.0
         self._start = time.perf_counter()
-        if self.batch_size is not None:
-            self._add_measured()
 
     def _seconds(self):
         return time.perf_counter() - self._start - self._excluded
+
+    def on_epoch_end(self, epoch, logs=None):
+        # `fit_full_batch` makes one step, one evaluation, per epoch.
+        self.evaluations += 1
+        self.curve.add(
+            logs["loss"], self.evaluations, self.evaluations, self._seconds()
+        )
+
+    def finish(self):
+        """Adds the loss after the last epoch; returns the `Curve`."""
+        loss = self.measure_loss()
+        self.curve.add(
+            loss, self.evaluations + 1, self.evaluations, self._seconds()
+        )
+        return self.curve
+
+
+class MiniBatchRecorder(RunRecorder):
+    """Records a `Curve` while `model.fit` trains on mini-batches.
+
+    Each batch's gradient counts as its share of the training set, so a pass
+    counts as one evaluation. The loss on the whole training set is measured
+    before training and after every epoch by `measure_loss`, off the clock:
+    the optimizer never computes it.
+
+    Args:
+        num_samples: Size of the training set.
+        batch_size: The mini-batch size.
+        measure_loss: As for `RunRecorder`.
+    """
+
+    def __init__(self, num_samples, batch_size, measure_loss):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        super().__init__(measure_loss)
+
+    def start(self):
+        super().start()
+        self._samples = 0
+        self._add_measured()
 
     def _add_measured(self):
         seconds = self._seconds()
@@ -99,29 +127,12 @@ class RunRecorder(keras.callbacks.Callback):
         self.curve.add(loss, self.evaluations, self.evaluations, seconds)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.batch_size is not None:
-            first = batch * self.batch_size
-            self._samples += min(self.batch_size, self.num_samples - first)
-            self.evaluations = self._samples / self.num_samples
+        first = batch * self.batch_size
+        self._samples += min(self.batch_size, self.num_samples - first)
+        self.evaluations = self._samples / self.num_samples
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.batch_size is None:
-            # `fit_full_batch` makes one step, one evaluation, per epoch.
-            self.evaluations += 1
-            self.curve.add(
-                logs["loss"], self.evaluations, self.evaluations, self._seconds()
-            )
-        else:
-            self._add_measured()
+        self._add_measured()
 
     def finish(self):
-        """Adds the loss after the last epoch; returns the `Curve`."""
-        if self.batch_size is None:
-            loss = self.measure_loss()
-            self.curve.add(
-                loss,
-                self.evaluations + 1,
-                self.evaluations,
-                self._seconds(),
-            )
         return self.curve

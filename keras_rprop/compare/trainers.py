@@ -6,8 +6,8 @@ compilation. Each run returns a `recording.Curve`.
 
 - Keras optimizers train through the public API: full-batch runs through
   `keras_rprop.fit_full_batch`, which hands each step's loss to Rprop, and
-  mini-batch runs through `model.fit`, with a `recording.RunRecorder`
-  callback.
+  mini-batch runs through `model.fit`, each with a callback of
+  `recording` that notes every epoch.
 - `lbfgs` and `lm` run SciPy's L-BFGS-B and Levenberg-Marquardt on the
   model's flattened weights (see `scipy_solvers`).
 """
@@ -20,6 +20,7 @@ from keras import ops
 
 from keras_rprop.compare import autodiff
 from keras_rprop.compare import scipy_solvers
+from keras_rprop.compare.recording import MiniBatchRecorder
 from keras_rprop.compare.recording import RunRecorder
 from keras_rprop.training import fit_full_batch
 
@@ -118,8 +119,8 @@ class KerasTrainer:
         self.reset(weights)
         x, y = self.data.x_train, self.data.y_train
         with _one_torch_thread():
-            recorder = RunRecorder(len(x), self.batch_size, self._measure_loss)
             if self.batch_size is None:
+                recorder = RunRecorder(self._measure_loss)
                 fit_full_batch(
                     self.model,
                     x,
@@ -129,6 +130,9 @@ class KerasTrainer:
                     callbacks=[recorder],
                 )
             else:
+                recorder = MiniBatchRecorder(
+                    len(x), self.batch_size, self._measure_loss
+                )
                 keras.utils.set_random_seed(seed)
                 self.model.fit(
                     x,
