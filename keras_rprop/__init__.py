@@ -11,6 +11,7 @@ from keras_rprop.optimizers import Rprop
 from keras_rprop.optimizers import RpropMinus
 from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
+from keras_rprop.rule import RpropConfig
 from keras_rprop.rule import rprop_update
 from keras_rprop.training import MiniBatchWarning
 from keras_rprop.training import StepSizeLogger
@@ -24,6 +25,7 @@ __all__ = [
     "IRpropPlus",
     "MiniBatchWarning",
     "Rprop",
+    "RpropConfig",
     "RpropMinus",
     "RpropPlus",
     "StepSizeLogger",

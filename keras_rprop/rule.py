@@ -1,16 +1,21 @@
-"""The Rprop update rule for one tensor, as a pure function.
+"""The Rprop update rule: one checked configuration and one function.
 
-Every code path of the optimizer (the per-variable Keras path and the
-vectorized multi-tensor paths) calls `rprop_update`, so the four variants
-cannot drift apart between backends. `move_from_new_state` and
-`move_against_gradient` restate the move of the variants without
-backtracking from the state that `rprop_update` returns, for a caller that
-reads that state back. All only use `keras.ops`, which accept native
-tensors of the active backend.
+`RpropConfig` holds the hyper-parameters of the rule, checked once.
+`apply(config, gradient, step, sign, ...)` computes one update of one tensor
+from them and is the only way into the rule: every code path of the
+optimizer calls it, so the four variants cannot drift apart between
+backends or between the eager and the compiled updates. It owns the casts
+between the stored state and the arithmetic, the propagation of NaN
+gradients and the dtype of the stored signs.
+
+`rprop_update` is the rule itself, on tensors of one dtype, as published.
 """
 
+import dataclasses
+
 import keras
-from keras import ops
+
+from keras_rprop import validation
 
 RPROP_PLUS = "rprop+"
 RPROP_MINUS = "rprop-"
@@ -22,6 +27,139 @@ VARIANTS = (RPROP_PLUS, RPROP_MINUS, IRPROP_PLUS, IRPROP_MINUS)
 # Variants that revert the previous move of a weight whose gradient changed
 # sign. They are the ones for which the previous learning rate matters.
 BACKTRACKING_VARIANTS = (RPROP_PLUS, IRPROP_PLUS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RpropConfig:
+    """The hyper-parameters of the Rprop rule, checked when made.
+
+    Args:
+        variant: One of `VARIANTS`, in any case.
+        initial_step: Initial step size of every weight (Delta_0), > 0 and
+            within `[min_step, max_step]`.
+        eta_minus: Factor in (0, 1) by which a step size shrinks after a
+            sign change.
+        eta_plus: Factor > 1 by which a step size grows while the sign
+            holds.
+        min_step: Lower bound (>= 0) of the step sizes.
+        max_step: Upper bound (> 0) of the step sizes.
+
+    Raises:
+        ValueError: naming the argument and the received value, for a value
+            outside its range or that is not a finite real number.
+    """
+
+    variant: str = IRPROP_MINUS
+    # Riedmiller & Braun (1993) start every step size at 0.1 and call the
+    # choice "rather uncritical"; SNNS, FANN and Encog use it too.
+    initial_step: float = dataclasses.field(
+        default=0.1, metadata={"rule": False}
+    )
+    eta_minus: float = 0.5
+    eta_plus: float = 1.2
+    min_step: float = 1e-6
+    max_step: float = 50.0
+
+    def __post_init__(self):
+        checked = validation.check_config(
+            dataclasses.asdict(self), variants=VARIANTS
+        )
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+# The hyper-parameters that `apply` reads, besides the variant.
+RULE_PARAMETERS = tuple(
+    field.name
+    for field in dataclasses.fields(RpropConfig)
+    if field.name != "variant" and field.metadata.get("rule", True)
+)
+
+
+def apply(
+    config,
+    gradient,
+    step,
+    sign,
+    *,
+    weight=None,
+    learning_rate=1.0,
+    previous_learning_rate=1.0,
+    loss_increased=None,
+    signs_from_comparisons=False,
+    ops=keras.ops,
+):
+    """Computes one Rprop update of one tensor from its stored state.
+
+    Args:
+        config: An `RpropConfig`, or any object with its `variant` and the
+            attributes named in `RULE_PARAMETERS` (a compiled kernel passes
+            them as scalar tensors; they are then not checked here).
+        gradient: The current (full-batch) gradient, of any float dtype; it
+            is computed in the dtype of `step`.
+        step: The step sizes used for the previous move (Delta in the
+            papers).
+        sign: The stored sign of the previous gradient, -1, 0 or +1, in the
+            dtype it is stored in (`int8`, or any float dtype).
+        weight: If given, the weights, and the result holds their new value
+            (the move cast to their dtype and added) instead of the move.
+        learning_rate: Scalar multiplying the applied move; 1.0 is the
+            papers' rule.
+        previous_learning_rate: The learning rate of the previous step, so
+            that backtracking reverts exactly the move that was made.
+        loss_increased: For `"irprop+"` only: a boolean scalar, whether the
+            loss rose since the previous step, `E(t) > E(t-1)`.
+        signs_from_comparisons: Whether the new signs are made by comparing
+            the gradient with 0 in their stored dtype (a NaN gradient gives
+            0), which a compiler fuses into few instructions; by default
+            they are cast from the float signs the move uses.
+        ops: The namespace of operations, `keras.ops` by default. Another
+            one (TensorFlow's own functions, say) must provide `sign`,
+            `where`, `zeros_like`, `cast` and `convert_to_tensor(x, dtype)`
+            with the meaning of `keras.ops`, and its tensors the operators
+            `*`, `+`, unary `-`, `>`, `<` and `!=`.
+
+    Returns:
+        A tuple `(new_step, new_sign, new_weight_or_move)`: the new step
+        sizes (dtype of `step`), the sign to store for the next step (dtype
+        of `sign`) and either the new weights (dtype of `weight`) or the
+        move to add to them (dtype of `step`). A NaN gradient gives a NaN
+        move, a stored sign of 0 and an unchanged step size.
+    """
+    dtype = step.dtype
+    gradient = ops.cast(gradient, dtype)
+    move, new_sign, new_step = _rule(
+        ops,
+        gradient,
+        ops.cast(sign, dtype),
+        step,
+        config,
+        learning_rate=ops.cast(learning_rate, dtype),
+        previous_learning_rate=ops.cast(previous_learning_rate, dtype),
+        loss_increased=loss_increased,
+        sign_dtype=sign.dtype if signs_from_comparisons else None,
+    )
+    move = propagate_nan(move, gradient, ops=ops)
+    new_sign = ops.cast(new_sign, sign.dtype)
+    if weight is None:
+        return new_step, new_sign, move
+    # `+`, not `ops.add`: on TensorFlow `ops.add` turns into a `BiasAdd`
+    # for some shapes, which rejects empty tensors.
+    return new_step, new_sign, weight + ops.cast(move, weight.dtype)
+
+
+def propagate_nan(move, gradient, ops=keras.ops):
+    """Makes a NaN gradient give a NaN move, whatever `ops.sign` does.
+
+    `keras.ops.sign` keeps NaN on TensorFlow and JAX but gives 0 on
+    PyTorch, which would treat a NaN gradient as a zero gradient. Of
+    another namespace nothing is assumed.
+    """
+    if ops is keras.ops and keras.backend.backend() != "torch":
+        return move
+    # `gradient != gradient`, not `isnan`: Inductor's C++ has no vector
+    # `isnan` and evaluates it one element at a time inside a vector loop.
+    return ops.where(gradient != gradient, gradient, move)
 
 
 def rprop_update(
@@ -39,13 +177,14 @@ def rprop_update(
     loss_increased=None,
     sign_dtype=None,
 ):
-    """Computes one Rprop update for one tensor.
+    """Computes one Rprop update for one tensor, as the papers state it.
 
     The stored "previous gradient" of the papers is only ever used through
     its sign, so it is kept as a sign (-1, 0 or +1). The previous move is
     `-previous_sign * step * previous_learning_rate`: it is derived, not
     stored, which keeps the state at two tensors per weight for every
-    variant.
+    variant. The optimizer calls the rule through `apply`, which also
+    handles the stored dtypes and NaN gradients.
 
     Args:
         gradient: The current (full-batch) gradient.
@@ -64,33 +203,74 @@ def rprop_update(
             that backtracking reverts exactly the move that was made.
         loss_increased: For `"irprop+"` only: a boolean scalar, whether the
             loss rose since the previous step, `E(t) > E(t-1)`.
-        sign_dtype: If given, `new_sign` is computed in this dtype (that of
-            the stored signs) from comparisons, and is 0 for a NaN gradient.
-            By default it is made from the gradient's float sign, which an
-            eager caller computes anyway for the move.
+        sign_dtype: If given, `new_sign` is computed in this dtype from
+            comparisons, and is 0 for a NaN gradient. By default it is the
+            gradient's float sign.
 
     Returns:
         A tuple `(move, new_sign, new_step)`: the increment to add to the
         weights, the sign to store for the next step and the new step sizes.
     """
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"Argument `variant` must be one of {VARIANTS}. "
+            f"Received: variant={variant!r}"
+        )
+    if sign_dtype is not None:
+        sign_dtype = keras.backend.standardize_dtype(sign_dtype)
+    config = _Unchecked(variant, eta_minus, eta_plus, min_step, max_step)
+    return _rule(
+        keras.ops,
+        gradient,
+        previous_sign,
+        step,
+        config,
+        learning_rate=learning_rate,
+        previous_learning_rate=previous_learning_rate,
+        loss_increased=loss_increased,
+        sign_dtype=sign_dtype,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unchecked:
+    variant: str
+    eta_minus: float
+    eta_plus: float
+    min_step: float
+    max_step: float
+
+
+def _rule(
+    ops,
+    gradient,
+    previous_sign,
+    step,
+    config,
+    *,
+    learning_rate,
+    previous_learning_rate,
+    loss_increased,
+    sign_dtype,
+):
+    """The rule on tensors of one float dtype; see `rprop_update`."""
+    variant = config.variant
     sign = ops.sign(gradient)
     # The papers compare gradient(t) * gradient(t-1) with 0. With
     # `previous_sign` in {-1, 0, +1} the product is +-gradient or +-0
     # exactly, so it compares like `sign * previous_sign` for every value
-    # (NaN, inf and -0.0 included); computed from the gradient itself, the
-    # step-size output does not need `sign`, which XLA, computing each output
-    # in a loop of its own, then leaves out of that loop.
+    # (NaN, inf and -0.0 included).
     product = gradient * previous_sign
     same_sign = product > 0
     sign_change = product < 0
 
     # Not `ops.minimum`/`ops.maximum`: on the PyTorch backend they compute
     # float64 inputs in float32, which would round float64 step sizes.
-    max_step = ops.convert_to_tensor(max_step, dtype=step.dtype)
-    min_step = ops.convert_to_tensor(min_step, dtype=step.dtype)
-    grown = step * eta_plus
+    max_step = ops.convert_to_tensor(config.max_step, dtype=step.dtype)
+    min_step = ops.convert_to_tensor(config.min_step, dtype=step.dtype)
+    grown = step * config.eta_plus
     grown = ops.where(grown > max_step, max_step, grown)
-    shrunk = step * eta_minus
+    shrunk = step * config.eta_minus
     shrunk = ops.where(shrunk < min_step, min_step, shrunk)
     kept_or_grown = ops.where(same_sign, grown, step)
     new_step = ops.where(sign_change, shrunk, kept_or_grown)
@@ -98,26 +278,17 @@ def rprop_update(
     if sign_dtype is None:
         new_sign = sign
     else:
-        # Two comparisons in the stored dtype: converting the float sign to
-        # `int8` (NaN and saturation included) took XLA 8 of the 18
-        # instructions per 8 elements of the loop that writes the signs.
-        # A NaN gradient gives 0, as its float sign does once stored.
-        sign_dtype = keras.backend.standardize_dtype(sign_dtype)
         new_sign = ops.cast(gradient > 0, sign_dtype)
         new_sign = new_sign - ops.cast(gradient < 0, sign_dtype)
     if variant == RPROP_MINUS:
         return -sign * new_step * learning_rate, new_sign, new_step
 
-    # The other variants replace the move on a sign change, so their move
-    # never needs the shrunk step: XLA, computing the move in a loop of its
-    # own, leaves it out there.
     new_sign = ops.where(sign_change, ops.zeros_like(new_sign), new_sign)
     if variant == RPROP_PLUS:
         # The previous move was `-previous_sign * step *
         # previous_learning_rate`, and on a sign change `previous_sign` is
         # `-sign` exactly: the revert is `-sign * step *
-        # previous_learning_rate`, bit for bit. Every move is then the sign
-        # times a scaled step size, one product with the sign per element.
+        # previous_learning_rate`, bit for bit.
         scaled = ops.where(
             sign_change,
             step * previous_learning_rate,
@@ -152,11 +323,10 @@ def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
     Without backtracking, a weight moves by its new step size against the
     sign stored for the next step, which `"irprop-"` sets to 0 where it
     freezes the weight: the move is `-new_sign * new_step * learning_rate`.
-    A caller that has written the new state can compute the move from it
-    rather than from the rule's inputs. The result equals the move of
-    `rprop_update` for every gradient, NaN included (its stored sign is 0,
-    so the NaN is taken from the gradient); only a zero move can be -0.0
-    where `rprop_update` gives +0.0, which changes a weight of -0.0 alone.
+    The result equals the move of `rprop_update` for every gradient, NaN
+    included (its stored sign is 0, so the NaN is taken from the gradient);
+    only a zero move can be -0.0 where `rprop_update` gives +0.0, which
+    changes a weight of -0.0 alone.
 
     Args:
         gradient: The gradient given to `rprop_update`.
@@ -170,19 +340,15 @@ def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
     # `* -learning_rate`, one negation per tensor rather than per element;
     # the product is `-(new_sign * new_step * learning_rate)` exactly.
     move = new_sign * new_step * -learning_rate
-    return ops.where(ops.isnan(gradient), gradient, move)
+    return keras.ops.where(keras.ops.isnan(gradient), gradient, move)
 
 
 def move_against_gradient(gradient, new_step, *, learning_rate=1.0):
     """The move of `"rprop-"`, from its new step sizes and the gradient.
 
     Rprop- moves every weight by its new step size against the sign of its
-    current gradient, whether that sign changed or not: the move is
-    `-sign(gradient) * new_step * learning_rate`, the move of
-    `rprop_update` bit for bit (a NaN gradient gives a NaN move where
-    `ops.sign` keeps NaN, as `rprop_update` does). A caller that has
-    written the new step sizes can compute the move from them without
-    reading the stored signs.
+    current gradient: the move is `-sign(gradient) * new_step *
+    learning_rate`, the move of `rprop_update` bit for bit.
 
     Args:
         gradient: The gradient given to `rprop_update`.
@@ -192,4 +358,4 @@ def move_against_gradient(gradient, new_step, *, learning_rate=1.0):
     Returns:
         The increment to add to the weights.
     """
-    return -ops.sign(gradient) * new_step * learning_rate
+    return -keras.ops.sign(gradient) * new_step * learning_rate

@@ -3,16 +3,30 @@
 import math
 import numbers
 
-from keras_rprop.rule import VARIANTS
 
-
-def check_variant(variant):
-    if not isinstance(variant, str) or variant.lower() not in VARIANTS:
+def check_variant(variant, variants):
+    """Returns `variant` in lower case, or raises if it is not one of them."""
+    if not isinstance(variant, str) or variant.lower() not in variants:
         raise ValueError(
-            f"Argument `variant` must be one of {VARIANTS}. "
+            f"Argument `variant` must be one of {variants}. "
             f"Received: variant={variant!r}"
         )
     return variant.lower()
+
+
+def check_config(config, variants):
+    """Checks the fields of an `RpropConfig`; returns them as a new dict.
+
+    Args:
+        config: A dict of the fields.
+        variants: The names a variant may take.
+    """
+    config = dict(config)
+    config["variant"] = check_variant(config["variant"], variants)
+    names = ("initial_step", "eta_minus", "eta_plus", "min_step", "max_step")
+    values = check_hyperparameters(*(config[name] for name in names))
+    config.update(zip(names, values))
+    return config
 
 
 def check_real(name, value):

@@ -474,7 +474,6 @@ def test_move_against_gradient_is_rprop_minus_move():
     rule's move bit for bit for zeros of both signs, infinities and NaN.
     """
     from keras_rprop import rule
-    from keras_rprop.optimizers import backend_compat
 
     learning_rate = 0.75
     _check_moves_from_new_state(
@@ -506,8 +505,8 @@ def test_move_against_gradient_is_rprop_minus_move():
         gradient, new_step, learning_rate=learning_rate
     )
     # The optimizer makes a NaN gradient's move NaN on every backend.
-    rule_move = backend_compat.propagate_nan(rule_move, gradient)
-    move = backend_compat.propagate_nan(move, gradient)
+    rule_move = rule.propagate_nan(rule_move, gradient)
+    move = rule.propagate_nan(move, gradient)
     rule_move, move = ops.convert_to_numpy(rule_move), ops.convert_to_numpy(
         move
     )

@@ -62,22 +62,6 @@ def num_replicas_in_sync():
     return 1
 
 
-def propagate_nan(move, gradient):
-    """Makes a NaN gradient give a NaN move on every backend.
-
-    `keras.ops.sign` returns NaN for NaN on TensorFlow and JAX but 0 on
-    PyTorch, which would silently treat a NaN gradient as a zero gradient.
-    """
-    if keras.backend.backend() == "torch":
-        import torch
-
-        # `gradient != gradient`, not `torch.isnan(gradient)`: Inductor's
-        # C++ has no vector `isnan` and evaluated it one element at a time
-        # inside the fused kernel's vector loop (30% of the update's time).
-        return torch.where(gradient != gradient, gradient, move)
-    return move
-
-
 def sign_dtype():
     """The dtype of the stored signs (-1, 0 or +1) of new optimizer state.
 

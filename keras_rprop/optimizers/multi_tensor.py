@@ -23,7 +23,6 @@ import torch
 from keras import ops
 
 from keras_rprop import rule
-from keras_rprop.optimizers import backend_compat
 from keras_rprop.optimizers import torch_fused
 
 # Elements per bucket of the eager rule: its ~30 temporaries of one bucket
@@ -83,12 +82,20 @@ def update(optimizer, grads, trainable_variables, learning_rate):
             arguments = optimizer._rule_arguments(learning_rate, dtype)
             if not fused:
                 for layout in plan.buckets(dtype, fused=False):
-                    _update_bucket(_views(layout, flat_grads), arguments)
+                    _update_bucket(
+                        optimizer.config, _views(layout, flat_grads), arguments
+                    )
                 continue
-            kernel_arguments = torch_fused.kernel_arguments(arguments)
+            kernel_arguments = torch_fused.kernel_arguments(
+                optimizer.config, arguments
+            )
             for bucket in plan.fused_buckets(dtype):
                 if not bucket.run(flat_grads, kernel_arguments):
-                    _update_bucket(_views(bucket.layout, flat_grads), arguments)
+                    _update_bucket(
+                        optimizer.config,
+                        _views(bucket.layout, flat_grads),
+                        arguments,
+                    )
     return True
 
 
@@ -497,7 +504,7 @@ def _views(layout, flat_grads):
     ]
 
 
-def _update_bucket(bucket, arguments):
+def _update_bucket(config, bucket, arguments):
     grads, variables, steps, signs = zip(*bucket)
     if len(bucket) == 1:
         grad, step, sign = grads[0], steps[0], signs[0]
@@ -505,12 +512,9 @@ def _update_bucket(bucket, arguments):
         grad = torch.cat(grads)
         step = torch.cat(steps)
         sign = torch.cat(signs)
-    grad = grad.to(step.dtype)
-    move, new_sign, new_step = rule.rprop_update(
-        grad, sign.to(step.dtype), step, **arguments
+    new_step, new_sign, move = rule.apply(
+        config, grad, step, sign, **arguments
     )
-    move = backend_compat.propagate_nan(move, grad)
-    new_sign = new_sign.to(sign.dtype)
     if len(bucket) == 1:
         variables[0].add_(move.to(variables[0].dtype))
         steps[0].copy_(new_step)

@@ -1,5 +1,6 @@
 """The `Rprop` optimizer: the four Rprop variants as one Keras 3 optimizer."""
 
+import dataclasses
 import math
 
 import keras
@@ -9,14 +10,7 @@ from keras_rprop import rule
 from keras_rprop.optimizers import backend_compat
 from keras_rprop.optimizers import ordering
 from keras_rprop.validation import check_fused
-from keras_rprop.validation import check_hyperparameters
 from keras_rprop.validation import check_variant
-
-# Riedmiller & Braun (1993) and Riedmiller (1994) start every step size at 0.1
-# and call the choice "rather uncritical"; SNNS, FANN and Encog use it too.
-DEFAULT_INITIAL_STEP = 0.1
-
-SIGN_DTYPE = "int8"
 
 
 @keras.saving.register_keras_serializable(package="keras_rprop")
@@ -122,7 +116,7 @@ class Rprop(keras.optimizers.Optimizer):
     def __init__(
         self,
         variant=rule.IRPROP_MINUS,
-        initial_step=DEFAULT_INITIAL_STEP,
+        initial_step=rule.RpropConfig.initial_step,
         eta_minus=0.5,
         eta_plus=1.2,
         min_step=1e-6,
@@ -141,15 +135,13 @@ class Rprop(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        variant = check_variant(variant)
-        (
-            initial_step,
-            eta_minus,
-            eta_plus,
-            min_step,
-            max_step,
-        ) = check_hyperparameters(
-            initial_step, eta_minus, eta_plus, min_step, max_step
+        config = rule.RpropConfig(
+            variant=variant,
+            initial_step=initial_step,
+            eta_minus=eta_minus,
+            eta_plus=eta_plus,
+            min_step=min_step,
+            max_step=max_step,
         )
         if isinstance(learning_rate, int) and not isinstance(
             learning_rate, bool
@@ -171,12 +163,7 @@ class Rprop(keras.optimizers.Optimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        self.variant = variant
-        self.initial_step = initial_step
-        self.eta_minus = eta_minus
-        self.eta_plus = eta_plus
-        self.min_step = min_step
-        self.max_step = max_step
+        self.config = config
         self.fused = check_fused(fused)
 
         # Global scalars. They are created here, not in `build`, so that their
@@ -443,82 +430,84 @@ class Rprop(keras.optimizers.Optimizer):
         step = ops.convert_to_tensor(step_variable)
         arguments = self._rule_arguments(learning_rate, dtype)
         target = ordering.xla_target(gradient)
-        if target is not None:
-            # Compiled by XLA, the stored sign is cheaper made in its own
-            # dtype; run op by op, from the float sign the move uses.
-            arguments["sign_dtype"] = sign_variable.dtype
-
-        def rprop(gradient, sign, step):
-            return rule.rprop_update(
-                gradient, ops.cast(sign, dtype), step, **arguments
-            )
-
+        # Compiled by XLA, the stored sign is cheaper made in its own
+        # dtype; run op by op, from the float sign the move uses.
+        arguments["signs_from_comparisons"] = target is not None
         if target == ordering.CPU and math.prod(variable.shape):
-            new_value, new_step, new_sign = self._ordered_update(
-                rprop, gradient, sign, step, variable, arguments
+            new_step, new_sign, new_value = self._ordered_update(
+                gradient, sign, step, variable, arguments
             )
         else:
-            move, new_sign, new_step = rprop(gradient, sign, step)
-            move = backend_compat.propagate_nan(move, gradient)
-            new_value = _add(variable, move)
+            new_step, new_sign, new_value = rule.apply(
+                self.config,
+                gradient,
+                step,
+                sign,
+                weight=ops.convert_to_tensor(variable),
+                **arguments,
+            )
         self.assign(variable, new_value)
         self.assign(step_variable, new_step)
-        self.assign(sign_variable, ops.cast(new_sign, sign_variable.dtype))
+        self.assign(sign_variable, new_sign)
 
-    def _ordered_update(self, rprop, gradient, sign, step, variable, arguments):
+    def _ordered_update(self, gradient, sign, step, variable, arguments):
         """The update in the order XLA on the CPU runs best (see `ordering`).
 
-        Returns the new weight, step sizes and signs: the values `rprop`
-        gives, bit for bit but for the sign of a zero weight (see
+        Returns the new step sizes, signs and weight: the values of
+        `rule.apply`, bit for bit but for the sign of a zero weight (see
         `rule.move_from_new_state`).
         """
+        config = self.config
+        weight = ops.convert_to_tensor(variable)
 
         def sign_after(new_step):
             # The signs are overwritten last: every other loop reads them.
-            return rprop(
+            return rule.apply(
+                config,
                 ordering.after(gradient, new_step),
-                ordering.after(sign, new_step),
                 step,
+                ordering.after(sign, new_step),
+                **arguments,
             )[1]
 
-        if self.variant in rule.BACKTRACKING_VARIANTS:
+        if config.variant in rule.BACKTRACKING_VARIANTS:
             # Their move on a sign change reverts the old step size, so the
             # weight's loop runs first and the step sizes' loop after it.
-            move = backend_compat.propagate_nan(
-                rprop(gradient, sign, step)[0], gradient
-            )
-            new_value = _add(variable, move)
-            new_step = rprop(gradient, sign, ordering.after(step, new_value))[2]
-            return new_value, new_step, sign_after(new_step)
+            new_value = rule.apply(
+                config, gradient, step, sign, weight=weight, **arguments
+            )[2]
+            new_step = rule.apply(
+                config,
+                gradient,
+                ordering.after(step, new_value),
+                sign,
+                **arguments,
+            )[0]
+            return new_step, sign_after(new_step), new_value
 
         # Their move follows from the new state alone: computed from it, the
         # weight's loop reads it back instead of computing the rule a third
-        # time, 9 instead of 22 instructions per 8 float32 elements.
-        new_step = rprop(gradient, sign, step)[2]
+        # time.
+        new_step = rule.apply(config, gradient, step, sign, **arguments)[0]
         new_sign = sign_after(new_step)
-        if self.variant == rule.RPROP_MINUS:
+        learning_rate = arguments["learning_rate"]
+        if config.variant == rule.RPROP_MINUS:
             # Its move takes the gradient's own sign: the weight's loop need
-            # not read the new signs, one input and a byte per parameter
-            # less (5% of the step on JAX for 20 x 500,000 parameters).
-            move = backend_compat.propagate_nan(
-                rule.move_against_gradient(
-                    gradient,
-                    new_step,
-                    learning_rate=arguments["learning_rate"],
-                ),
-                gradient,
+            # not read the new signs.
+            move = rule.move_against_gradient(
+                gradient, new_step, learning_rate=learning_rate
             )
-            return _add(variable, move), new_step, new_sign
-        move = rule.move_from_new_state(
-            gradient,
-            ops.cast(new_sign, step.dtype),
-            new_step,
-            learning_rate=arguments["learning_rate"],
-        )
-        return _add(variable, move), new_step, new_sign
+        else:
+            move = rule.move_from_new_state(
+                gradient,
+                ops.cast(new_sign, step.dtype),
+                new_step,
+                learning_rate=learning_rate,
+            )
+        return new_step, new_sign, _add(variable, move)
 
     def _rule_arguments(self, learning_rate, dtype):
-        """The arguments of `rule.rprop_update` shared by all tensors of a step."""
+        """The arguments of `rule.apply` shared by all tensors of a step."""
         loss_increased = None
         if self.variant == rule.IRPROP_PLUS:
             loss_increased = ops.greater(
@@ -526,11 +515,6 @@ class Rprop(keras.optimizers.Optimizer):
                 ops.convert_to_tensor(self._previous_loss),
             )
         return dict(
-            variant=self.variant,
-            eta_minus=self.eta_minus,
-            eta_plus=self.eta_plus,
-            min_step=self.min_step,
-            max_step=self.max_step,
             learning_rate=ops.cast(learning_rate, dtype),
             previous_learning_rate=ops.cast(
                 self._previous_learning_rate, dtype
@@ -552,18 +536,20 @@ class Rprop(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "variant": self.variant,
-                "initial_step": self.initial_step,
-                "eta_minus": self.eta_minus,
-                "eta_plus": self.eta_plus,
-                "min_step": self.min_step,
-                "max_step": self.max_step,
-                "fused": self.fused,
-            }
-        )
+        config.update(dataclasses.asdict(self.config))
+        config["fused"] = self.fused
         return config
+
+
+def _config_property(name):
+    def get(self):
+        return getattr(self.config, name)
+
+    return property(get, doc=f"The `{name}` of `config` (read-only).")
+
+
+for _field in dataclasses.fields(rule.RpropConfig):
+    setattr(Rprop, _field.name, _config_property(_field.name))
 
 
 def _add(variable, move):
@@ -598,7 +584,7 @@ def _named_variant(class_name, variant, summary):
 
     def __init__(self, *args, **kwargs):
         given = kwargs.pop("variant", variant)
-        if check_variant(given) != variant:
+        if check_variant(given, rule.VARIANTS) != variant:
             raise ValueError(
                 f"`{class_name}` is the {variant!r} variant; use "
                 f"`keras_rprop.Rprop(variant={given!r})` for another one. "

@@ -15,12 +15,12 @@ cache holds its kernels, which pays off on large models: see `use_fused`. Every 
 variants do not crowd each other out of Dynamo's per-function cache.
 """
 
+import collections
 import warnings
 
 import torch
 
 from keras_rprop import rule
-from keras_rprop.optimizers import backend_compat
 
 # Below this many parameters the default (`fused=None`) stays eager: the
 # one-off compilation (~4 s on 2 cores) outweighs what a small model's
@@ -43,6 +43,11 @@ _DTYPES = (torch.float32, torch.float64)
 # With `dynamic_threads` the loop is always parallel and OpenMP picks the
 # number of threads per call.
 _OPTIONS = {"cpp.dynamic_threads": True}
+
+# The rule's hyper-parameters as tensors, for `rule.apply`.
+_KernelConfig = collections.namedtuple(
+    "_KernelConfig", ("variant",) + rule.RULE_PARAMETERS
+)
 
 _compiled = {}
 _failure = None
@@ -80,20 +85,17 @@ def supports(weights, steps):
     )
 
 
-def kernel_arguments(arguments):
-    """The kernel's arguments, from those of `rule.rprop_update`.
+def kernel_arguments(config, arguments):
+    """The kernel's arguments, from the `RpropConfig` and those of `rule.apply`.
 
     The hyper-parameters become tensors of the step sizes' dtype (the rule
     rounds the Python floats to that dtype too), so that Dynamo does not
     compile a kernel per value.
     """
     learning_rate = arguments["learning_rate"]
-    values = tuple(
-        float(arguments[name])
-        for name in ("eta_minus", "eta_plus", "min_step", "max_step")
-    )
+    values = tuple(getattr(config, name) for name in rule.RULE_PARAMETERS)
     return (
-        arguments["variant"],
+        config.variant,
         arguments["learning_rate"],
         arguments["previous_learning_rate"],
         arguments["loss_increased"],
@@ -175,34 +177,26 @@ def _update(
     learning_rate,
     previous_learning_rate,
     loss_increased,
-    eta_minus,
-    eta_plus,
-    min_step,
-    max_step,
-    *,
+    *values,
     variant,
     moves=False,
 ):
-    move, new_sign, new_step = rule.rprop_update(
+    config = _KernelConfig(variant, *values)
+    new_step, new_sign, move = rule.apply(
+        config,
         gradient,
-        sign.to(step.dtype),
         step,
-        variant=variant,
-        eta_minus=eta_minus,
-        eta_plus=eta_plus,
-        min_step=min_step,
-        max_step=max_step,
+        sign,
         learning_rate=learning_rate,
         previous_learning_rate=previous_learning_rate,
         loss_increased=loss_increased,
     )
-    move = backend_compat.propagate_nan(move, gradient)
     if moves:
         weight.copy_(move)
     else:
         weight.add_(move)
     step.copy_(new_step)
-    sign.copy_(new_sign.to(sign.dtype))
+    sign.copy_(new_sign)
 
 
 # One function (one code object, one Dynamo cache) per variant and output.
