@@ -29,11 +29,20 @@ def _positive_int(text):
     return value
 
 
+def _version():
+    from keras_rprop import __version__
+
+    return __version__
+
+
 def build_parser():
     """The argument parser of `keras-rprop`."""
     parser = argparse.ArgumentParser(
         prog="keras-rprop",
         description="Rprop optimizers for Keras 3: tools.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     compare = commands.add_parser(
@@ -129,7 +138,7 @@ def main(argv=None):
         # `keras_rprop` itself), so another backend needs a new process.
         environment = dict(os.environ, KERAS_BACKEND=args.backend)
         return subprocess.call(
-            [sys.executable, "-m", "keras_rprop.cli", *argv], env=environment
+            [sys.executable, "-m", "keras_rprop_cli", *argv], env=environment
         )
     if args.list:
         print(_listing())

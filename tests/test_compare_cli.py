@@ -1,6 +1,7 @@
 """`keras-rprop compare` end to end: a tiny run and its files."""
 
 import csv
+import os
 import json
 
 import keras
@@ -196,3 +197,28 @@ def test_another_backend_runs_in_a_new_process(monkeypatch):
     # The same backend needs no new process.
     argv = ["compare", "--backend", keras.backend.backend(), "--list"]
     assert cli.main(argv) == 0 and len(calls) == 1
+
+
+def test_version_is_printed_without_backend_start_up_lines():
+    import subprocess
+    import sys
+
+    import keras_rprop
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = dict(os.environ, KERAS_BACKEND="tensorflow")
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [root, environment.get("PYTHONPATH", "")]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_rprop_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"keras-rprop {keras_rprop.__version__}\n"
+    # TensorFlow writes several lines there when it is loaded.
+    assert result.stderr == ""

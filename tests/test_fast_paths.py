@@ -298,6 +298,7 @@ def _xla_on_accelerator():
     return False
 
 
+@pytest.mark.performance
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs no XLA program")
 @pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
 def test_compiled_step_overwrites_the_state_without_copies(variant, request):
@@ -324,6 +325,7 @@ def test_compiled_step_overwrites_the_state_without_copies(variant, request):
     assert copied == []
 
 
+@pytest.mark.performance
 @pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs no XLA program")
 @pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
 def test_compiled_weight_update_reads_the_new_state(variant):

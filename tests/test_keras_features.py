@@ -433,3 +433,35 @@ def test_state_bytes_for_16_and_64_bit_weights():
         optimizer = keras_rprop.Rprop()
         optimizer.build(model.trainable_variables)
         assert _slot_bytes_per_parameter(optimizer, model) == 9.0
+
+
+@pytest.mark.skipif(
+    BACKEND != "jax", reason="BCOO sparse arrays exist only on JAX"
+)
+@pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
+def test_sparse_bcoo_gradient_equals_dense(variant):
+    # A JAX BCOO gradient (rows a lookup did not touch are zeros that reset
+    # the stored sign) is applied as its dense equivalent, as TensorFlow's
+    # IndexedSlices are.
+    from jax.experimental import sparse
+
+    rng = np.random.default_rng(5)
+    gradients = []
+    for _ in range(4):
+        gradient = np.zeros((6, 3), "float32")
+        rows = rng.choice(6, size=2, replace=False)
+        gradient[rows] = rng.standard_normal((2, 3))
+        gradients.append(gradient)
+    start = rng.standard_normal((6, 3)).astype("float32")
+    results = []
+    for as_sparse in (True, False):
+        variable = keras.Variable(start)
+        optimizer = keras_rprop.Rprop(variant=variant)
+        for gradient in gradients:
+            gradient = ops.convert_to_tensor(gradient)
+            if as_sparse:
+                gradient = sparse.BCOO.fromdense(gradient)
+            optimizer.apply([gradient], [variable], loss=1.0)
+        results.append(ops.convert_to_numpy(variable))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], start)

@@ -33,8 +33,10 @@ def is_float_dtype(dtype):
 
 
 def densify(gradient):
-    """Turns a TensorFlow `IndexedSlices` gradient into a dense tensor.
+    """Turns a sparse gradient into a dense tensor.
 
+    A TensorFlow `IndexedSlices` or a JAX `BCOO` array (whose element-wise
+    comparisons JAX does not implement) becomes its dense equivalent.
     Rprop reads every weight's gradient sign, including the zeros of the rows
     an embedding lookup did not touch (they reset the stored sign), so a
     sparse gradient is applied through its exact dense equivalent.
@@ -44,6 +46,11 @@ def densify(gradient):
 
         if isinstance(gradient, tf.IndexedSlices):
             return tf.convert_to_tensor(gradient)
+    elif keras.backend.backend() == "jax":
+        from jax.experimental import sparse
+
+        if isinstance(gradient, sparse.BCOO):
+            return gradient.todense()
     return gradient
 
 
