@@ -192,7 +192,7 @@ def test_another_backend_runs_in_a_new_process(monkeypatch):
     argv = ["compare", "--backend", other, "--seeds", "2"]
     assert cli.main(argv) == 0
     (command,), options = calls[0]
-    assert command[1:] == ["-m", "keras_rprop.cli", *argv]
+    assert command[1:] == ["-m", "keras_rprop_cli", *argv]
     assert options["env"]["KERAS_BACKEND"] == other
     # The same backend needs no new process.
     argv = ["compare", "--backend", keras.backend.backend(), "--list"]
