@@ -345,3 +345,23 @@ def test_calls_continue_training_and_reuse_the_compiled_loop():
         expected_history.history["loss"],
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_loss_only_model(steps):
+    # Without other metrics the engine reads the History from the loss
+    # tracker's sums after the epochs (PyTorch).
+    x, y, _ = make_data()
+    expected = make_model(metrics=())
+    expected_history = keras_fit(expected, x, y, epochs=EPOCHS)
+    model = make_model(metrics=())
+    history = keras_rprop.fit_full_batch(
+        model, x, y, epochs=EPOCHS // steps, steps_per_epoch=steps, verbose=0
+    )
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(
+        history.history["loss"],
+        expected_history.history["loss"][steps - 1 :: steps],
+        rtol=1e-6,
+    )

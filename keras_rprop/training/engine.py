@@ -399,33 +399,48 @@ class _TorchRunner:
         self.data = None
 
     def run(self, epochs, goal=None):
+        import torch
+
         from keras_rprop.training import torch_replay
 
         model = self.model
+        untracked = None
+        if self.steps > 1:
+            untracked = torch_replay.stepper(
+                model, train_steps.untracked_update, self.data
+            )
+        tracked = torch_replay.stepper(model, _tracked_update, self.data)
+        # With the loss as the only metric, an epoch's log is its loss
+        # tracker's sum and count, read once after the epochs.
+        loss_only = list(model.metrics) == [model._loss_tracker]
+        tracker = model._loss_tracker
         logs_by_epoch = []
+        sums = []
         for _ in range(epochs):
-            if self.steps > 1:
-                torch_replay.repeat(
-                    model,
-                    train_steps.untracked_update,
-                    self.data,
-                    self.steps - 1,
-                )
-            torch_replay.repeat(model, _tracked_update, self.data, 1)
+            for _ in range(self.steps - 1):
+                untracked()
+            tracked()
+            if loss_only and goal is None:
+                sums.append((tracker.total.value.clone(), tracker.count.value.clone()))
+                continue
             logs = _floats(model.get_metrics_result())
             logs_by_epoch.append(logs)
             if goal is not None and logs["loss"] <= goal:
                 break
+        if sums:
+            totals, counts = (torch.stack(v) for v in zip(*sums))
+            losses = keras.ops.divide_no_nan(totals, counts)
+            logs_by_epoch = [{"loss": loss} for loss in losses.tolist()]
         return logs_by_epoch
 
 
 def _tracked_update(model, x, y, sample_weight):
     """An optimizer step that feeds fresh metrics (PyTorch)."""
+    import torch
+
     for metric in model.metrics:
         metric.reset_state()
     y_pred = train_steps.update(model, x, y, sample_weight)
-    import torch
-
     with torch.no_grad():
         if model._compile_metrics is not None:
             model._compile_metrics.update_state(y, y_pred, sample_weight)

@@ -52,49 +52,83 @@ _traces = weakref.WeakKeyDictionary()
 def repeat(model, step, data, count):
     """Runs `step(model, *data)` `count` times, replaying a record of it.
 
-    The first call for a model and step (or after anything the record
-    depends on changed) records one run while it runs; the remaining runs
-    replay the record. A step that cannot be replayed runs eagerly.
-
     Args:
-        model: The compiled Keras model, built.
+        model: The compiled Keras model.
         step: Function `(model, x, y, sample_weight)` that runs one
             optimizer step (`train_steps.untracked_update` or the
             engine's step that also feeds the metrics).
         data: The tuple `(x, y, sample_weight)` of tensors (or nests).
         count: The number of runs.
     """
-    if count > 0 and not (model.built and model.optimizer.built):
-        # A first call builds variables, which must not happen in a record.
-        step(model, *data)
-        count -= 1
     if count <= 0:
         return
+    run = stepper(model, step, data)
+    for _ in range(count):
+        run()
+
+
+def stepper(model, step, data):
+    """A function of no arguments that runs `step(model, *data)` once.
+
+    The first run for a model and step (or after anything the record
+    depends on changed) records the step while it runs; later runs replay
+    the record. A step that cannot be replayed runs eagerly. The function
+    is valid while nothing the record depends on changes (the caller runs
+    it in a loop of its own).
+    """
+    if not (model.built and model.optimizer.built):
+        # A first call builds variables, which must not happen in a record.
+        later = None
+
+        def eager_first():
+            nonlocal later
+            if later is None:
+                step(model, *data)
+                later = stepper(model, step, data)
+            else:
+                later()
+
+        return eager_first
     state = _state_tensors(model)
     key = _trace_key(model, step, data)
     records = _traces.setdefault(model, {})
     entry = records.get(step)
     if (
-        entry is None
-        or entry[0] != key
-        or len(entry[1]) != len(state)
-        or any(a is not b for a, b in zip(entry[1], state))
+        entry is not None
+        and entry[0] == key
+        and len(entry[1]) == len(state)
+        and all(a is b for a, b in zip(entry[1], state))
     ):
+        return _replaying(model, step, data, entry[2], state)
+
+    current = None
+
+    def first():
+        nonlocal current
+        if current is not None:
+            return current()
         replay, ran = _trace_step(model, step, state, data)
         records[step] = (key, state, replay)
-        count -= ran
-    else:
-        replay = entry[2]
+        current = _replaying(model, step, data, replay, state)
+        if not ran:
+            current()
+        return None
+
+    return first
+
+
+def _replaying(model, step, data, replay, state):
     if replay is None:
-        for _ in range(count):
-            step(model, *data)
-        return
+        return lambda: step(model, *data)
     tensors = _flat_tensors(state, data)
-    # Without the TorchScript optimizations (operator fusion), which could
-    # round differently from the eager kernels.
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        for _ in range(count):
+
+    def run():
+        # Without the TorchScript optimizations (operator fusion), which
+        # could round differently from the eager kernels.
+        with torch.no_grad(), torch.jit.optimized_execution(False):
             replay(*tensors)
+
+    return run
 
 
 def _state_tensors(model):
