@@ -13,6 +13,7 @@ from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import RpropConfig
 from keras_rprop.rule import rprop_update
+from keras_rprop.training import LossGoal
 from keras_rprop.training import MiniBatchWarning
 from keras_rprop.training import StepSizeLogger
 from keras_rprop.training import enable_loss
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IRpropMinus",
     "IRpropPlus",
+    "LossGoal",
     "MiniBatchWarning",
     "Rprop",
     "RpropConfig",

@@ -2,7 +2,8 @@
 
 A child process (`tests/resume/train_and_crash.py`) trains one model per
 variant and per way of saving, `keras.callbacks.BackupAndRestore` and a
-`.keras` file from `keras.callbacks.ModelCheckpoint`, and is killed with
+`.keras` file from `keras.callbacks.ModelCheckpoint` in `model.fit`, and
+`BackupAndRestore` in `keras_rprop.fit_full_batch`, and is killed with
 SIGKILL inside `fit`, one epoch after the last save. A second child resumes
 every run from disk. Each must end with the weights and the optimizer state
 (step sizes, signs, iRprop+'s previous loss) of the same training done here
@@ -75,8 +76,9 @@ def test_killed_training_resumes_exactly(tmp_path):
     module = _load_child_module()
     _kill_when_ready(_child("crash", tmp_path), tmp_path / "ready")
     # The kill came one epoch after the last save: resuming must redo it.
-    metadata = tmp_path / "backup_irpropplus" / "training_metadata.json"
-    assert metadata.exists()
+    for way in ("backup", "engine"):
+        metadata = tmp_path / f"{way}_irpropplus" / "training_metadata.json"
+        assert metadata.exists()
 
     resume = _child("resume", tmp_path)
     try:

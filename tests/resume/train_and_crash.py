@@ -7,7 +7,9 @@ Run as a child process by `tests/test_resume.py`:
 
 `crash` trains one model per variant and per way of saving (a
 `keras.callbacks.BackupAndRestore` directory, or a `.keras` file written by
-`keras.callbacks.ModelCheckpoint`), all at once in threads. Each one stops
+`keras.callbacks.ModelCheckpoint`, both in `model.fit`, or a
+`BackupAndRestore` directory in `keras_rprop.fit_full_batch`), all at once
+in threads. Each one stops
 inside `fit`, after the step of epoch `KILL_AFTER + 1` but before that
 epoch's save, so the last save on disk is one epoch behind the weights in
 memory. When all are there the process writes `WORKDIR/ready` and waits to
@@ -27,7 +29,8 @@ import numpy as np
 
 EPOCHS = 8
 KILL_AFTER = 3  # The last epoch saved before the kill (0-based).
-WAYS = ("backup", "checkpoint")
+# "engine": `keras_rprop.fit_full_batch` with a `BackupAndRestore`.
+WAYS = ("backup", "checkpoint", "engine")
 
 
 def data():
@@ -115,6 +118,19 @@ def crash(workdir):
     def train(way, variant):
         path, _ = _paths(workdir, way, variant)
         model = build(variant)
+        if way == "engine":
+            keras_rprop.fit_full_batch(
+                model,
+                x,
+                y,
+                epochs=EPOCHS,
+                verbose=0,
+                callbacks=[
+                    StopBeforeSaving(),
+                    keras.callbacks.BackupAndRestore(path),
+                ],
+            )
+            return
         if way == "backup":
             saver = keras.callbacks.BackupAndRestore(path)
         else:
@@ -153,7 +169,22 @@ def resume(workdir):
     for way in WAYS:
         for variant in keras_rprop.VARIANTS:
             path, output = _paths(workdir, way, variant)
-            if way == "backup":
+            if way == "engine":
+                model = build(variant)
+                restored = Restored()
+                keras_rprop.fit_full_batch(
+                    model,
+                    x,
+                    y,
+                    epochs=EPOCHS,
+                    verbose=0,
+                    callbacks=[
+                        keras.callbacks.BackupAndRestore(path),
+                        restored,
+                    ],
+                )
+                state = restored.state
+            elif way == "backup":
                 model = build(variant)
                 restored = Restored()
                 model.fit(
