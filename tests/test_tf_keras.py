@@ -503,6 +503,7 @@ def _fit(model, x, y, epochs):
     model.fit(x, y, batch_size=len(x), epochs=epochs, shuffle=False, verbose=0)
 
 
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5")
 @pytest.mark.parametrize("file_format", ["keras", "h5", "savedmodel"])
 def test_continued_training_after_loading_equals_uninterrupted(tmp_path, file_format):
     x, y = make_regression_data()
