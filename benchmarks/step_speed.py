@@ -35,6 +35,7 @@ Keras puts its variables: a GPU if the backend sees one. Usage:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+import unittest.mock
 
 CASES = {
     "a": (20, 500_000),
@@ -337,6 +339,17 @@ def _tensorflow_steps(count, size, rng):
     return steps, state_bytes
 
 
+def _per_variable_path(enabled):
+    """Within it, the optimizer does not take the backend's fast path."""
+    from keras_rprop.optimizers import fast_paths
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return unittest.mock.patch.object(
+        fast_paths, "update", lambda *args: False
+    )
+
+
 def _torch_steps(count, size, rng):
     import torch
     from keras import ops
@@ -358,9 +371,9 @@ def _torch_steps(count, size, rng):
             # Said explicitly: `fused=None` compiles only on the CPU, and
             # only for >= 2**20 parameters (not in --quick).
             optimizer.fused = not name.endswith("(fused=False)")
-        if name.endswith("(per-variable)"):
+        per_variable = name.endswith("(per-variable)")
+        if per_variable:
             optimizer.fused = False
-            optimizer._use_multi_tensor_path = lambda: False
         kwargs = {"loss": loss} if _needs_loss(name) else {}
 
         def step(
@@ -368,8 +381,10 @@ def _torch_steps(count, size, rng):
             variables=variables,
             kwargs=kwargs,
             grads=_copies(grads),
+            per_variable=per_variable,
         ):
-            with torch.no_grad():
+            # The per-variable row takes Keras's loop over `update_step`.
+            with _per_variable_path(per_variable), torch.no_grad():
                 optimizer.apply(grads, variables, **kwargs)
             synchronize()
 

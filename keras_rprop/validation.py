@@ -1,7 +1,10 @@
-"""Checks of the optimizer's hyper-parameters, with errors that say what is wrong."""
+"""Checks of the optimizer's arguments, with errors that say what is wrong."""
 
 import math
 import numbers
+
+import keras
+from keras import ops
 
 
 def check_variant(variant, variants):
@@ -25,12 +28,12 @@ def check_config(config, variants):
     config["variant"] = check_variant(config["variant"], variants)
     names = ("initial_step", "eta_minus", "eta_plus", "min_step", "max_step")
     values = check_hyperparameters(*(config[name] for name in names))
-    config.update(zip(names, values))
+    config.update(zip(names, values, strict=True))
     return config
 
 
 def check_real(name, value):
-    """Returns `value` as a Python float, or raises if it is not a finite real."""
+    """Returns `value` as a float, or raises if it is not a finite real."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(
             f"Argument `{name}` must be a real number. "
@@ -91,3 +94,68 @@ def check_fused(fused):
             f"Received: fused={fused!r}"
         )
     return fused
+
+
+def check_gradient_shapes(grads, trainable_variables):
+    """Raises if a gradient's shape is not its variable's."""
+    # Without this check a gradient of shape (1,) would silently
+    # broadcast over a variable of shape (3,).
+    if trainable_variables is None:
+        return
+    if len(grads) != len(trainable_variables):
+        return  # Keras raises its own error for a count mismatch.
+    for grad, variable in zip(grads, trainable_variables, strict=True):
+        if grad is None:
+            continue
+        grad_shape = tuple(grad.shape)
+        variable_shape = tuple(variable.shape)
+        if grad_shape == variable_shape:
+            continue
+        if len(grad_shape) != len(variable_shape) or any(
+            g is not None and v is not None and g != v
+            for g, v in zip(grad_shape, variable_shape, strict=True)
+        ):
+            name = getattr(variable, "path", getattr(variable, "name", ""))
+            raise ValueError(
+                "Each gradient must have the shape of its variable. "
+                f"Received: gradient of shape {grad_shape} for variable "
+                f"{name!r} of shape {variable_shape}"
+            )
+
+
+def check_loss(loss, needs_loss):
+    """Returns `loss` as a float32 scalar tensor, or None.
+
+    Raises if it is not a scalar, or is None where `needs_loss`.
+    """
+    if loss is None:
+        if needs_loss:
+            raise ValueError(
+                "The 'irprop+' variant compares the loss of consecutive "
+                "steps, but no loss was given. Pass it as "
+                "`optimizer.apply(grads, variables, loss=loss)` or "
+                "`optimizer.stateless_apply(..., loss=loss)`; with "
+                "`model.fit`, call `keras_rprop.enable_loss(model)` "
+                "after `model.compile(...)`. Received: loss=None"
+            )
+        return None
+    if isinstance(loss, (str, bytes, bool)) or loss is ...:
+        raise ValueError(
+            "Argument `loss` must be a scalar number or tensor. "
+            f"Received: loss={loss!r}"
+        )
+    try:
+        tensor = ops.convert_to_tensor(loss)
+    except Exception as error:
+        raise ValueError(
+            "Argument `loss` must be a scalar number or tensor. "
+            f"Received: loss={loss!r}"
+        ) from error
+    if len(tensor.shape) != 0:
+        raise ValueError(
+            "Argument `loss` must be a scalar (a tensor of shape ()). "
+            f"Received: loss with shape {tuple(tensor.shape)}"
+        )
+    if "float" not in keras.backend.standardize_dtype(tensor.dtype):
+        tensor = ops.cast(tensor, "float32")
+    return ops.cast(ops.stop_gradient(tensor), "float32")

@@ -67,6 +67,13 @@ def small_buckets(monkeypatch):
         )
 
 
+def per_variable_path(patch):
+    """Makes the optimizer take Keras's loop over `update_step`."""
+    from keras_rprop.optimizers import fast_paths
+
+    patch.setattr(fast_paths, "update", lambda *args: False)
+
+
 def _fast_path_module():
     """The module of the backend's own fast path, if it has one."""
     if BACKEND == "torch":
@@ -106,23 +113,19 @@ def _run(
         variant=variant, learning_rate=LEARNING_RATE, **optimizer_kwargs
     )
     optimizer.build(variables)
-    if path == "reference" and BACKEND == "torch":
-        optimizer._use_multi_tensor_path = lambda: False
     module = _fast_path_module()
-    spying = path == "fast" and module is not None and calls is not None
-    if spying:
-        update = module.update
+    with pytest.MonkeyPatch.context() as patch:
+        if path == "reference":
+            per_variable_path(patch)
+        elif module is not None and calls is not None:
+            update = module.update
 
-        def counting_update(*args, **kwargs):
-            calls.append(1)
-            return update(*args, **kwargs)
+            def counting_update(*args, **kwargs):
+                calls.append(1)
+                return update(*args, **kwargs)
 
-        module.update = counting_update
-    try:
+            patch.setattr(module, "update", counting_update)
         _train(optimizer, variables, path, gradients, jit_compile)
-    finally:
-        if spying:
-            module.update = update
     return _results(variables, optimizer)
 
 
@@ -310,7 +313,7 @@ def test_compiled_step_overwrites_the_state_without_copies(variant, request):
         )
     # XLA on the CPU copies an old state buffer before overwriting it in
     # place unless data dependencies order its readers first
-    # (`ordering.after`); the copies cost the backtracking variants 3x the
+    # (`xla_ordered.after`); the copies cost the backtracking variants 3x the
     # time of the step. On a GPU, XLA fuses each tensor's update into one
     # kernel with no copy, unless the ordering splits it. A copy of a whole
     # tensor shows in the program as `f32[n]` or `s8[n]` copy.
@@ -329,8 +332,7 @@ def test_compiled_weight_update_reads_the_new_state(variant):
     # iRprop- moves a weight by its new step size against its new sign:
     # its weight loop must read both from the loops that wrote them (an f32
     # and an s8 fusion among its operands) rather than compute the rule a
-    # third time. Rprop- moves against the gradient's sign: its weight loop
-    # reads the new step sizes and no signs at all. The backtracking
+    # third time, and so does Rprop-. The backtracking
     # variants cannot read the new state: their move needs the old step
     # sizes, which the step-size loop overwrites.
     program = _compiled_program(variant, [(4096,)])
@@ -351,7 +353,7 @@ def test_compiled_weight_update_reads_the_new_state(variant):
         elif "f32" in fused_inputs and not parameters & operands:
             read.add("new steps, no signs")
     expected = {
-        "rprop-": {"new steps, no signs"},
+        "rprop-": {"new steps and signs"},
         "irprop-": {"new steps and signs"},
     }.get(variant, set())
     assert read == expected
@@ -473,7 +475,9 @@ def test_fused_state_stays_in_the_optimizers_variables(kernel_runs):
 
 
 @torch_only
-def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
+def test_fused_weights_lie_end_to_end_and_stay_the_models(
+    kernel_runs, monkeypatch
+):
     # The fused path also lays the small weights end to end and updates them
     # there. Each stays the same tensor object, holding its value, so that
     # the model reads the new weights and `assign` still reaches them.
@@ -491,7 +495,7 @@ def test_fused_weights_lie_end_to_end_and_stay_the_models(kernel_runs):
         )
         optimizer.build(variables)
         if path == "reference":
-            optimizer._use_multi_tensor_path = lambda: False
+            per_variable_path(monkeypatch)
         tensors = [v.value for v in variables]
         for step, (grads, loss) in enumerate(zip(gradients, losses)):
             if step == 3:
@@ -673,12 +677,11 @@ def test_fused_kernel_falls_back_when_compilation_fails(
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(torch_fused, "_compiled", {})
-    monkeypatch.setattr(torch_fused, "_failure", None)
     weights = _initial_weights(SHAPES)
     gradients = _gradient_sequence(SHAPES, len(LOSSES))
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         fallback = _run("rprop+", "fast", weights, gradients, fused=True)
-    # Tried once, then never again in this process (the other buckets of
+    # Tried once, then never again by this optimizer (the other buckets of
     # the first step, and no later step): no state was lost.
     assert attempts == [1]
     assert not any(kernel_runs) and len(kernel_runs) < len(LOSSES)
@@ -690,7 +693,7 @@ def test_fused_kernel_falls_back_when_compilation_fails(
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "int8"])
 @pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")
 def test_ordering_after_returns_its_input_bit_for_bit(dtype):
-    from keras_rprop.optimizers import ordering
+    from keras_rprop.optimizers import xla_ordered
 
     if dtype == "int8":
         values = np.array([-1, 0, 1, 127, -128])
@@ -705,11 +708,11 @@ def test_ordering_after_returns_its_input_bit_for_bit(dtype):
         if BACKEND == "jax":
             import jax
 
-            result = jax.jit(ordering.after)(x, dependency)
+            result = jax.jit(xla_ordered.after)(x, dependency)
         else:
             import tensorflow as tf
 
-            result = tf.function(ordering.after, jit_compile=True)(
+            result = tf.function(xla_ordered.after, jit_compile=True)(
                 x, dependency
             )
         # (float64 is float32 on JAX unless x64 is enabled.)
@@ -720,7 +723,9 @@ def test_ordering_after_returns_its_input_bit_for_bit(dtype):
 
 
 @torch_only
-def test_multi_tensor_plan_follows_the_variables_applied(small_buckets):
+def test_multi_tensor_plan_follows_the_variables_applied(
+    small_buckets, monkeypatch
+):
     # The flat views are kept between steps; a step on another list of
     # variables (a subset, another order) must not reuse them.
     weights = _initial_weights(SHAPES)
@@ -736,8 +741,8 @@ def test_multi_tensor_plan_follows_the_variables_applied(small_buckets):
         variables = [keras.Variable(w) for w in weights]
         optimizer = keras_rprop.Rprop(variant="rprop+")
         optimizer.build(variables)
-        if path == "reference":
-            optimizer._use_multi_tensor_path = lambda: False
+        if path == "reference":  # The fast path ran first.
+            per_variable_path(monkeypatch)
         for grads, order in zip(gradients, orders):
             optimizer.apply(
                 [keras.ops.convert_to_tensor(grads[i]) for i in order],

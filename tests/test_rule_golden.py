@@ -442,18 +442,18 @@ def test_move_from_new_state_is_the_papers_move(variant):
     rate below 1, that the identity holds, and that a NaN gradient (stored
     sign 0) still gives a NaN move.
     """
-    from keras_rprop import rule
+    from keras_rprop.optimizers import xla_ordered
 
     learning_rate = 0.75
     _check_moves_from_new_state(
         variant,
-        lambda gradient, new_sign, new_step: rule.move_from_new_state(
+        lambda gradient, new_sign, new_step: xla_ordered.move_from_new_state(
             gradient, new_sign, new_step, learning_rate=learning_rate
         ),
         learning_rate,
     )
 
-    move = rule.move_from_new_state(
+    move = xla_ordered.move_from_new_state(
         ops.convert_to_tensor([np.nan, 1.0, -1.0], "float32"),
         ops.convert_to_tensor([0.0, 1.0, 0.0], "float32"),
         ops.convert_to_tensor([0.5, 0.5, 0.5], "float32"),
@@ -461,57 +461,4 @@ def test_move_from_new_state_is_the_papers_move(variant):
     )
     np.testing.assert_array_equal(
         ops.convert_to_numpy(move), [np.nan, -0.375, 0.0]
-    )
-
-
-def test_move_against_gradient_is_rprop_minus_move():
-    """Rprop-'s move follows from its new step sizes and the gradient alone.
-
-    The compiled XLA update of Rprop- moves the weights from the new step
-    sizes without reading the new signs; this checks, against the float64
-    reference over steps with sign flips, zero gradients and a learning
-    rate below 1, that the identity holds, and that it equals the pure
-    rule's move bit for bit for zeros of both signs, infinities and NaN.
-    """
-    from keras_rprop import rule
-
-    learning_rate = 0.75
-    _check_moves_from_new_state(
-        "rprop-",
-        lambda gradient, new_sign, new_step: rule.move_against_gradient(
-            gradient, new_step, learning_rate=learning_rate
-        ),
-        learning_rate,
-    )
-
-    specials = [0.0, -0.0, 2.5, -2.5, np.inf, -np.inf, np.nan]
-    gradient = ops.convert_to_tensor(np.repeat(specials, 3), "float32")
-    previous_sign = ops.convert_to_tensor(
-        np.tile([-1.0, 0.0, 1.0], len(specials)), "float32"
-    )
-    step = ops.convert_to_tensor(np.full(3 * len(specials), 0.25), "float32")
-    rule_move, _, new_step = rule.rprop_update(
-        gradient,
-        previous_sign,
-        step,
-        variant="rprop-",
-        eta_minus=0.5,
-        eta_plus=1.2,
-        min_step=1e-6,
-        max_step=50.0,
-        learning_rate=learning_rate,
-    )
-    move = rule.move_against_gradient(
-        gradient, new_step, learning_rate=learning_rate
-    )
-    # The optimizer makes a NaN gradient's move NaN on every backend.
-    rule_move = rule.propagate_nan(rule_move, gradient)
-    move = rule.propagate_nan(move, gradient)
-    rule_move, move = ops.convert_to_numpy(rule_move), ops.convert_to_numpy(
-        move
-    )
-    # Bit for bit, the sign of zero included.
-    np.testing.assert_array_equal(move.view("uint32"), rule_move.view("uint32"))
-    np.testing.assert_array_equal(
-        np.isnan(move), np.isnan(np.repeat(specials, 3))
     )

@@ -86,11 +86,12 @@ def update(optimizer, grads, trainable_variables, learning_rate):
                         optimizer.config, _views(layout, flat_grads), arguments
                     )
                 continue
-            kernel_arguments = torch_fused.kernel_arguments(
+            state = torch_fused.state_of(optimizer)
+            kernel_arguments = state.kernel_arguments(
                 optimizer.config, arguments
             )
             for bucket in plan.fused_buckets(dtype):
-                if not bucket.run(flat_grads, kernel_arguments):
+                if not bucket.run(state, flat_grads, kernel_arguments):
                     _update_bucket(
                         optimizer.config,
                         _views(bucket.layout, flat_grads),
@@ -429,7 +430,7 @@ class _FusedBucket:
                 self.moves.split([w.numel() for w in self.weights])
             )
 
-    def run(self, flat_grads, kernel_arguments):
+    def run(self, state, flat_grads, kernel_arguments):
         """Updates the bucket with the kernel; returns whether it could."""
         if not self.supported:
             return False
@@ -439,6 +440,7 @@ class _FusedBucket:
             return False
         if self.state is None:
             return torch_fused.update_(
+                state,
                 self.weights[0],
                 grads[0],
                 self.steps[0],
@@ -448,6 +450,7 @@ class _FusedBucket:
         torch.cat(grads, out=self.gradient)
         if self.weight is not None:
             if not torch_fused.update_(
+                state,
                 self.weight, self.gradient, *self.state, kernel_arguments
             ):
                 return False
@@ -458,6 +461,7 @@ class _FusedBucket:
             torch.autograd.graph.increment_version(self.weights)
             return True
         if not torch_fused.update_(
+            state,
             self.moves,
             self.gradient,
             *self.state,

@@ -1,4 +1,4 @@
-"""Ordering the loops XLA compiles a step into, so that it copies no state.
+"""The per-tensor update in the order XLA on the CPU runs it without copies.
 
 XLA on the CPU computes each output of an element-wise update in a loop of its
 own: one for the new weight, one for the new step size and one for the new
@@ -7,24 +7,24 @@ the optimizer state to the compiled step, so every new value is written over
 its old buffer. An old buffer that another loop still reads must then be
 copied first, unless XLA can prove that the readers run before the writer;
 XLA proves it from data dependencies only. Without them, the backtracking
-variants copied every old step size and sign (10 bytes per parameter on top
-of 22, and the copies ran as separate, badly parallelized passes: 3.6x the
-time of the step without them on JAX).
+variants copy every old step size and sign, in separate passes.
 
 `after(x, dependency)` returns `x` bit for bit, but computed from one
-element of `dependency`, which gives XLA the data dependency. The new sign
-is computed from inputs that come "after" the new step size, so the old
-signs are overwritten last. The backtracking variants move a weight by its
-old step size on a sign change, so their new step size is computed from a
-step size that comes "after" the new weight. The other variants move it by
-the new step size and sign, which they compute first and the weight's loop
-reads back. Either way, each old buffer is read by loops that all run before
-the one overwriting it. The cost is a read of one element per tensor.
+element of `dependency`, which gives XLA the data dependency. `update`
+computes the new sign from inputs that come "after" the new step size, so
+the old signs are overwritten last. The backtracking variants move a weight
+by its old step size on a sign change, so their new step size is computed
+from a step size that comes "after" the new weight. The other variants move
+it by the new step size and sign, which they compute first and the weight's
+loop reads back (`move_from_new_state`). Either way, each old buffer is read
+by loops that all run before the one overwriting it.
 """
 
 import re
 
 import keras
+
+from keras_rprop import rule
 
 # The unsigned integer type of each width, to reinterpret any value as bits.
 _UNSIGNED = {1: "uint8", 2: "uint16", 4: "uint32", 8: "uint64"}
@@ -42,12 +42,10 @@ def xla_target(tensor):
     say). There every operation is a pass of its own anyway, and recomputing
     the rule for each output would only triple the work.
 
-    On the CPU, the three outputs of a tensor need the full ordering. On a
-    GPU, XLA fuses them into one kernel that reads each old element before
-    it writes it, so it copies nothing; the full ordering would split that
-    kernel in three and bring the copies back (measured on an H100: 606
-    copies in a step of 200 tensors, and case (a) of the benchmark took
-    0.78 ms instead of 0.44).
+    On the CPU, the three outputs of a tensor need the ordering. On a GPU,
+    XLA fuses them into one kernel that reads each old element before it
+    writes it, so it copies nothing; the ordering would split that kernel
+    in three and bring the copies back.
     """
     backend = keras.backend.backend()
     if backend == "jax":
@@ -138,3 +136,82 @@ def _zero_bits(bits, shift_right):
     """Zero, as `(bits >> half) >> half` of an unsigned scalar."""
     half = _itemsize(bits.dtype) * 4
     return shift_right(shift_right(bits, half), half)
+
+
+def update(config, gradient, step, sign, weight, arguments):
+    """`rule.apply` of one tensor, computed in the order described above.
+
+    Args:
+        config: The optimizer's `RpropConfig`.
+        gradient: The gradient, in the dtype of `step`.
+        step, sign: The stored step sizes and signs.
+        weight: The weights.
+        arguments: The other keyword arguments of `rule.apply`.
+
+    Returns:
+        `(new_step, new_sign, new_weight)`, the values of `rule.apply` bit
+        for bit but for the sign of a zero weight (see
+        `move_from_new_state`).
+    """
+
+    def apply(gradient, step, sign, **kwargs):
+        return rule.apply(
+            config,
+            gradient,
+            step,
+            sign,
+            signs_from_comparisons=True,
+            **kwargs,
+            **arguments,
+        )
+
+    def sign_after(new_step):
+        # The signs are overwritten last: every other loop reads them.
+        return apply(after(gradient, new_step), step, after(sign, new_step))[1]
+
+    if config.variant in rule.BACKTRACKING_VARIANTS:
+        # Their move on a sign change reverts the old step size, so the
+        # weight's loop runs first and the step sizes' loop after it.
+        new_weight = apply(gradient, step, sign, weight=weight)[2]
+        new_step = apply(gradient, after(step, new_weight), sign)[0]
+        return new_step, sign_after(new_step), new_weight
+
+    # Their move follows from the new state alone: computed from it, the
+    # weight's loop reads it back instead of computing the rule a third
+    # time.
+    new_step = apply(gradient, step, sign)[0]
+    new_sign = sign_after(new_step)
+    move = move_from_new_state(
+        gradient,
+        keras.ops.cast(new_sign, step.dtype),
+        new_step,
+        learning_rate=keras.ops.cast(arguments["learning_rate"], step.dtype),
+    )
+    # `+`, not `ops.add`: see `rule.apply`.
+    return new_step, new_sign, weight + keras.ops.cast(move, weight.dtype)
+
+
+def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
+    """The move of `"rprop-"` and `"irprop-"`, from the state they store.
+
+    Without backtracking, a weight moves by its new step size against the
+    sign stored for the next step, which `"irprop-"` sets to 0 where it
+    freezes the weight: the move is `-new_sign * new_step * learning_rate`.
+    The result equals the move of `rule.apply` for every gradient, NaN
+    included (its stored sign is 0, so the NaN is taken from the gradient);
+    only a zero move can be -0.0 where the rule gives +0.0, which changes a
+    weight of -0.0 alone.
+
+    Args:
+        gradient: The gradient given to the rule.
+        new_sign: The rule's new sign, in the dtype of `new_step`.
+        new_step: The rule's new step sizes.
+        learning_rate: The learning rate given to the rule.
+
+    Returns:
+        The increment to add to the weights.
+    """
+    # `* -learning_rate`, one negation per tensor rather than per element;
+    # the product is `-(new_sign * new_step * learning_rate)` exactly.
+    move = new_sign * new_step * -learning_rate
+    return keras.ops.where(keras.ops.isnan(gradient), gradient, move)
