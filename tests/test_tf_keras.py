@@ -1,4 +1,4 @@
-"""The `tf_keras` (Keras 2) optimizers against the reference and the hand-computed steps.
+"""The `tf_keras` optimizers against the reference and hand-computed steps.
 
 `keras_rprop.tf_keras` runs on TensorFlow whatever backend Keras 3 uses in
 the process, so these tests run in every pass of the suite. The children
@@ -28,6 +28,7 @@ from reference import VARIANTS
 from reference import ReferenceRprop
 from reference import make_mlp_params
 from reference import make_regression_data
+from reference import mlp_loss_and_grads
 from reference import train_reference
 from test_rule_golden import EXAMPLE_GRADIENTS
 from test_rule_golden import EXAMPLE_LOSSES
@@ -125,9 +126,9 @@ def test_import_does_not_need_tf_keras_and_names_the_extra():
         ]
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
@@ -146,14 +147,18 @@ def test_import_does_not_need_tf_keras_and_names_the_extra():
 def test_custom_loop_matches_reference(variant):
     x, y = make_regression_data()
     params = make_mlp_params()
-    expected, expected_losses, reference = train_reference(variant, params, x, y, STEPS)
+    expected, expected_losses, reference = train_reference(
+        variant, params, x, y, STEPS
+    )
     model = _mlp(params)
     optimizer = rprop_tf_keras.Rprop(variant)
     step = _train_step(model, optimizer)
     losses = []
     for i in range(STEPS):
         losses.append(float(step(x, y)))
-        _assert_weights_close(_weights(model), expected[i], f"{variant} step {i + 1}")
+        _assert_weights_close(
+            _weights(model), expected[i], f"{variant} step {i + 1}"
+        )
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-9)
     # Long enough to go through every branch of the rule.
     assert expected_losses[-1] < 0.01 * expected_losses[0]
@@ -181,7 +186,9 @@ def test_fit_matches_reference(variant):
         verbose=0,
         callbacks=[weights],
     )
-    np.testing.assert_allclose(history.history["loss"], expected_losses, rtol=1e-6)
+    np.testing.assert_allclose(
+        history.history["loss"], expected_losses, rtol=1e-6
+    )
     for i in range(STEPS):
         _assert_weights_close(
             weights.history[i], expected[i], f"{variant} epoch {i + 1}"
@@ -198,8 +205,6 @@ def test_learning_rate_and_weight_decay_match_reference():
     model = _mlp(params)
     optimizer = rprop_tf_keras.RpropPlus(learning_rate=0.5, weight_decay=0.01)
     step = _train_step(model, optimizer)
-    from reference import mlp_loss_and_grads
-
     for rate in rates:
         optimizer.learning_rate = rate
         loss, grads = mlp_loss_and_grads(expected, x, y)
@@ -209,7 +214,9 @@ def test_learning_rate_and_weight_decay_match_reference():
         step(x, y)
         # The decay's product is rounded in another order than the
         # reference's.
-        _assert_weights_close(_weights(model), expected, f"rate {rate}", rtol=1e-6)
+        _assert_weights_close(
+            _weights(model), expected, f"rate {rate}", rtol=1e-6
+        )
     assert reference.sign_changes > 0
 
 
@@ -228,7 +235,9 @@ def test_eager_loop_equals_tf_function(variant):
             step(x.astype("float32"), y.astype("float32"))
         runs.append((_weights(model), [v.numpy() for v in optimizer.variables]))
     (eager_weights, eager_state), (weights, state) = runs
-    for eager, compiled in zip(eager_weights + eager_state[4:], weights + state[4:]):
+    for eager, compiled in zip(
+        eager_weights + eager_state[4:], weights + state[4:]
+    ):
         np.testing.assert_array_equal(eager, compiled)
     # The losses: a graph sums the mean's terms in another order.
     np.testing.assert_allclose(eager_state[1:4], state[1:4], rtol=1e-6)
@@ -256,7 +265,9 @@ def _moves(variant, start, gradients, losses, learning_rates, **kwargs):
 def test_worked_example(variant):
     gradients = [[g] for g in EXAMPLE_GRADIENTS]
     moves, _ = _moves(variant, [0.0], gradients, EXAMPLE_LOSSES, [1.0] * 5)
-    np.testing.assert_allclose(np.concatenate(moves), EXAMPLE_MOVES[variant], atol=1e-7)
+    np.testing.assert_allclose(
+        np.concatenate(moves), EXAMPLE_MOVES[variant], atol=1e-7
+    )
     if variant != "irprop+":
         # The loss is accepted and ignored.
         moves, _ = _moves(variant, [0.0], gradients, None, [1.0] * 5)
@@ -287,7 +298,9 @@ def test_golden_tensor_steps(case):
         **TENSOR_HYPERPARAMETERS,
     )
     for i, (got, want) in enumerate(zip(moves, expected)):
-        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"{case} step {i + 1}")
+        np.testing.assert_allclose(
+            got, want, atol=1e-6, err_msg=f"{case} step {i + 1}"
+        )
     step, sign = optimizer._steps[0], optimizer._signs[0]
     np.testing.assert_allclose(step.numpy(), TENSOR_FINAL_STEPS, rtol=1e-6)
     np.testing.assert_array_equal(sign.numpy(), TENSOR_FINAL_SIGNS[case])
@@ -311,7 +324,9 @@ def test_the_threads_bugs_are_not_repeated():
     np.testing.assert_allclose(
         optimizer._steps[0].numpy(), [0.144, 0.1, 0.03], rtol=1e-6
     )
-    np.testing.assert_allclose(variable.numpy(), [-0.364, -0.2, -0.08], rtol=1e-6)
+    np.testing.assert_allclose(
+        variable.numpy(), [-0.364, -0.2, -0.08], rtol=1e-6
+    )
 
 
 def test_nan_gradient_moves_to_nan_and_keeps_the_step():
@@ -413,7 +428,9 @@ def test_get_config_from_config_and_serialization():
     assert restored.get_config() == config
     serialized = tf_keras.optimizers.serialize(optimizer)
     assert serialized["registered_name"] == "keras_rprop>IRpropPlus"
-    again = tf_keras.optimizers.deserialize(serialized, use_legacy_optimizer=False)
+    again = tf_keras.optimizers.deserialize(
+        serialized, use_legacy_optimizer=False
+    )
     assert type(again) is rprop_tf_keras.IRpropPlus
     assert again.get_config() == config
 
@@ -457,7 +474,9 @@ def test_gradient_of_another_shape_is_refused():
 def test_integer_variable_is_refused():
     variable = tf.Variable([1, 2])
     with pytest.raises(ValueError, match="floating-point.*int32"):
-        rprop_tf_keras.Rprop().apply_gradients([(tf.constant([1, 1]), variable)])
+        rprop_tf_keras.Rprop().apply_gradients(
+            [(tf.constant([1, 1]), variable)]
+        )
 
 
 def test_enable_loss_bad_input():
@@ -505,7 +524,9 @@ def _fit(model, x, y, epochs):
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5")
 @pytest.mark.parametrize("file_format", ["keras", "h5", "savedmodel"])
-def test_continued_training_after_loading_equals_uninterrupted(tmp_path, file_format):
+def test_continued_training_after_loading_equals_uninterrupted(
+    tmp_path, file_format
+):
     x, y = make_regression_data()
     params = make_mlp_params()
     uninterrupted = _mlp(params)
@@ -530,7 +551,9 @@ def test_continued_training_after_loading_equals_uninterrupted(tmp_path, file_fo
         tf.train.Checkpoint(root=loaded).restore(
             str(path / "variables" / "variables")
         ).expect_partial()
-    for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+    for saved, restored in zip(
+        model.optimizer.variables, loaded.optimizer.variables
+    ):
         np.testing.assert_array_equal(restored.numpy(), saved.numpy())
     assert float(loaded.optimizer._previous_loss.numpy()) < math.inf
     _fit(loaded, x, y, 10)
@@ -555,15 +578,15 @@ def test_loading_clips_the_step_sizes_to_the_new_bounds():
 
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
-    reason="the child does not depend on the pass; it runs in the TensorFlow pass",
+    reason="the child does not depend on the pass: TensorFlow pass only",
 )
 def test_mirrored_strategy_matches_one_device(tmp_path):
     output = tmp_path / "results.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     child = ROOT / "tests" / "distributed" / "tf_keras_mirrored.py"
     process = subprocess.Popen(
         [sys.executable, str(child), str(output)],
@@ -601,4 +624,7 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
                     rtol=2e-5,
                     err_msg=f"{variant} {kind}",
                 )
-                assert run["loss_before_last_update"] < 0.2 * results["initial_loss"]
+                assert (
+                    run["loss_before_last_update"]
+                    < 0.2 * results["initial_loss"]
+                )

@@ -1,4 +1,4 @@
-"""`enable_loss` for `tf_keras` models: the loss of every `fit` step reaches Rprop."""
+"""`enable_loss` for `tf_keras`: the loss of every `fit` step reaches Rprop."""
 
 import types
 
@@ -41,7 +41,8 @@ def enable_loss(model):
     """
     if not isinstance(model, tf_keras.Model):
         raise ValueError(
-            f"Argument `model` must be a `tf_keras.Model`. Received: model={model!r}"
+            "Argument `model` must be a `tf_keras.Model`. "
+            f"Received: model={model!r}"
         )
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:

@@ -1,6 +1,7 @@
 """The `Rprop` optimizer for `tf_keras` (Keras 2)."""
 
 import contextlib
+import dataclasses
 import math
 import threading
 import types
@@ -20,13 +21,7 @@ TF_OPS = types.SimpleNamespace(
     convert_to_tensor=tf.convert_to_tensor,
 )
 
-_DEFAULT_NAMES = {
-    "Rprop": "rprop",
-    "RpropPlus": "rprop_plus",
-    "RpropMinus": "rprop_minus",
-    "IRpropPlus": "irprop_plus",
-    "IRpropMinus": "irprop_minus",
-}
+_DEFAULTS = rule.RpropConfig()
 
 
 @tf_keras.saving.register_keras_serializable(package="keras_rprop")
@@ -92,12 +87,12 @@ class Rprop(tf_keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        variant=rule.IRPROP_MINUS,
-        initial_step=0.1,
-        eta_minus=0.5,
-        eta_plus=1.2,
-        min_step=1e-6,
-        max_step=50.0,
+        variant=_DEFAULTS.variant,
+        initial_step=_DEFAULTS.initial_step,
+        eta_minus=_DEFAULTS.eta_minus,
+        eta_plus=_DEFAULTS.eta_plus,
+        min_step=_DEFAULTS.min_step,
+        max_step=_DEFAULTS.max_step,
         learning_rate=1.0,
         weight_decay=None,
         clipnorm=None,
@@ -107,10 +102,10 @@ class Rprop(tf_keras.optimizers.Optimizer):
         ema_momentum=0.99,
         ema_overwrite_frequency=None,
         jit_compile=True,
-        name=None,
+        name="rprop",
         **kwargs,
     ):
-        self._config = rule.RpropConfig(
+        config = rule.RpropConfig(
             variant=variant,
             initial_step=initial_step,
             eta_minus=eta_minus,
@@ -118,10 +113,12 @@ class Rprop(tf_keras.optimizers.Optimizer):
             min_step=min_step,
             max_step=max_step,
         )
-        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+        if isinstance(learning_rate, int) and not isinstance(
+            learning_rate, bool
+        ):
             learning_rate = float(learning_rate)
         super().__init__(
-            name=name or _DEFAULT_NAMES.get(type(self).__name__, "rprop"),
+            name=name,
             weight_decay=weight_decay,
             clipnorm=clipnorm,
             clipvalue=clipvalue,
@@ -133,6 +130,7 @@ class Rprop(tf_keras.optimizers.Optimizer):
             **kwargs,
         )
         self._learning_rate = self._build_learning_rate(learning_rate)
+        self.config = config
         # Made here, not in `build`, so that their place among the saved
         # variables does not depend on the model.
         with tf.init_scope():
@@ -160,30 +158,6 @@ class Rprop(tf_keras.optimizers.Optimizer):
         # MirroredStrategy every replica opens one, in a thread of its own.
         self._loss_blocks = self._no_dependency([0])
         self._loss_lock = self._no_dependency(threading.Lock())
-
-    @property
-    def variant(self):
-        return self._config.variant
-
-    @property
-    def initial_step(self):
-        return self._config.initial_step
-
-    @property
-    def eta_minus(self):
-        return self._config.eta_minus
-
-    @property
-    def eta_plus(self):
-        return self._config.eta_plus
-
-    @property
-    def min_step(self):
-        return self._config.min_step
-
-    @property
-    def max_step(self):
-        return self._config.max_step
 
     def _scalar(self, name, value, aggregation):
         variable = tf.Variable(
@@ -294,7 +268,9 @@ class Rprop(tf_keras.optimizers.Optimizer):
         # After every variable was updated: the next step compares against
         # this step's loss and reverts moves made with this learning rate.
         self._previous_loss.assign(tf.identity(self._current_loss))
-        self._previous_learning_rate.assign(tf.cast(self.learning_rate, tf.float32))
+        self._previous_learning_rate.assign(
+            tf.cast(self.learning_rate, tf.float32)
+        )
         return iteration
 
     def record_loss(self, loss):
@@ -385,13 +361,15 @@ class Rprop(tf_keras.optimizers.Optimizer):
                 tf.convert_to_tensor(self._previous_loss),
             )
         new_step, new_sign, new_value = rule.apply(
-            self._config,
+            self.config,
             gradient,
             tf.convert_to_tensor(step_variable),
             tf.convert_to_tensor(sign_variable),
             weight=tf.convert_to_tensor(variable),
             learning_rate=tf.convert_to_tensor(self.learning_rate),
-            previous_learning_rate=tf.convert_to_tensor(self._previous_learning_rate),
+            previous_learning_rate=tf.convert_to_tensor(
+                self._previous_learning_rate
+            ),
             loss_increased=loss_increased,
             ops=TF_OPS,
         )
@@ -407,12 +385,12 @@ class Rprop(tf_keras.optimizers.Optimizer):
             step.assign(tf.clip_by_value(step, self.min_step, self.max_step))
 
     def load_own_variables(self, store):
-        """Loads the state, then clips the step sizes to this optimizer's bounds."""
+        """Loads the state, then clips the step sizes to the bounds."""
         super().load_own_variables(store)
         self._clip_steps()
 
     def set_weights(self, weights):
-        """Sets the state, then clips the step sizes to this optimizer's bounds."""
+        """Sets the state, then clips the step sizes to the bounds."""
         super().set_weights(weights)
         self._clip_steps()
 
@@ -420,16 +398,25 @@ class Rprop(tf_keras.optimizers.Optimizer):
         config = super().get_config()
         config.update(
             {
-                "learning_rate": self._serialize_hyperparameter(self._learning_rate),
-                "variant": self.variant,
-                "initial_step": self.initial_step,
-                "eta_minus": self.eta_minus,
-                "eta_plus": self.eta_plus,
-                "min_step": self.min_step,
-                "max_step": self.max_step,
+                "learning_rate": self._serialize_hyperparameter(
+                    self._learning_rate
+                ),
+                **dataclasses.asdict(self.config),
             }
         )
         return config
+
+
+def _read_config(name):
+    return property(
+        lambda self: getattr(self.config, name),
+        doc=f"The `{name}` of the optimizer's `RpropConfig` (read-only).",
+    )
+
+
+# `optimizer.eta_plus` and the like, as `tf_keras` optimizers expose theirs.
+for _field in dataclasses.fields(rule.RpropConfig):
+    setattr(Rprop, _field.name, _read_config(_field.name))
 
 
 def _check_gradient_shapes(grads_and_vars):
@@ -453,9 +440,8 @@ def _check_gradient_shapes(grads_and_vars):
             )
 
 
-def _fixed_variant(class_name, variant, kwargs):
-    """The variant of a named class; `variant` in `kwargs` must agree."""
-    given = kwargs.pop("variant", variant)
+def _one_variant(class_name, variant, given):
+    """The variant of a named class, which `given` must name."""
     if rule.RpropConfig(variant=given).variant != variant:
         raise ValueError(
             f"`{class_name}` is the {variant!r} variant; use "
@@ -473,8 +459,9 @@ class RpropPlus(Rprop):
     the arguments.
     """
 
-    def __init__(self, *args, **kwargs):
-        variant = _fixed_variant("RpropPlus", rule.RPROP_PLUS, kwargs)
+    def __init__(self, *args, variant=rule.RPROP_PLUS, **kwargs):
+        kwargs.setdefault("name", "rprop_plus")
+        variant = _one_variant("RpropPlus", rule.RPROP_PLUS, variant)
         super().__init__(variant, *args, **kwargs)
 
 
@@ -486,8 +473,9 @@ class RpropMinus(Rprop):
     the arguments.
     """
 
-    def __init__(self, *args, **kwargs):
-        variant = _fixed_variant("RpropMinus", rule.RPROP_MINUS, kwargs)
+    def __init__(self, *args, variant=rule.RPROP_MINUS, **kwargs):
+        kwargs.setdefault("name", "rprop_minus")
+        variant = _one_variant("RpropMinus", rule.RPROP_MINUS, variant)
         super().__init__(variant, *args, **kwargs)
 
 
@@ -499,8 +487,9 @@ class IRpropPlus(Rprop):
     the arguments.
     """
 
-    def __init__(self, *args, **kwargs):
-        variant = _fixed_variant("IRpropPlus", rule.IRPROP_PLUS, kwargs)
+    def __init__(self, *args, variant=rule.IRPROP_PLUS, **kwargs):
+        kwargs.setdefault("name", "irprop_plus")
+        variant = _one_variant("IRpropPlus", rule.IRPROP_PLUS, variant)
         super().__init__(variant, *args, **kwargs)
 
 
@@ -512,6 +501,7 @@ class IRpropMinus(Rprop):
     the arguments.
     """
 
-    def __init__(self, *args, **kwargs):
-        variant = _fixed_variant("IRpropMinus", rule.IRPROP_MINUS, kwargs)
+    def __init__(self, *args, variant=rule.IRPROP_MINUS, **kwargs):
+        kwargs.setdefault("name", "irprop_minus")
+        variant = _one_variant("IRpropMinus", rule.IRPROP_MINUS, variant)
         super().__init__(variant, *args, **kwargs)

@@ -1,4 +1,4 @@
-"""Trains a `tf_keras` model with every Rprop variant, on one device and mirrored.
+"""Trains a `tf_keras` model with every variant, on one device and mirrored.
 
 Run as a child process by `tests/test_tf_keras.py`: the logical devices must
 be configured before TensorFlow starts, which a test process cannot redo.
@@ -84,7 +84,9 @@ def train_loop(variant, strategy):
             # This replica's share of the mean over the global batch.
             loss = tf.reduce_sum(error**2) / global_batch
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables), loss=loss)
+        optimizer.apply_gradients(
+            zip(grads, model.trainable_variables), loss=loss
+        )
 
     if strategy is None:
         step = tf.function(replica_step)
@@ -115,19 +117,29 @@ def summary(model, optimizer, before_last):
         "weights": [w.tolist() for w in weights_of(model)],
         "previous_loss": float(optimizer._previous_loss.numpy()),
         "current_loss": float(optimizer._current_loss.numpy()),
-        "loss_before_last_update": float(mlp_loss_and_grads(before_last, X, Y)[0]),
+        "loss_before_last_update": float(
+            mlp_loss_and_grads(before_last, X, Y)[0]
+        ),
     }
 
 
-strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(REPLICAS)])
+strategy = tf.distribute.MirroredStrategy(
+    [f"/cpu:{i}" for i in range(REPLICAS)]
+)
 results = {"replicas": strategy.num_replicas_in_sync, "runs": {}}
-initial_loss = mlp_loss_and_grads([p.astype("float64") for p in INITIAL], X, Y)[0]
+initial_loss = mlp_loss_and_grads([p.astype("float64") for p in INITIAL], X, Y)[
+    0
+]
 results["initial_loss"] = float(initial_loss)
 for variant in VARIANTS:
     results["runs"][f"{variant} fit single"] = summary(*train_fit(variant))
     with strategy.scope():
-        results["runs"][f"{variant} fit mirrored"] = summary(*train_fit(variant))
-    results["runs"][f"{variant} loop single"] = summary(*train_loop(variant, None))
+        results["runs"][f"{variant} fit mirrored"] = summary(
+            *train_fit(variant)
+        )
+    results["runs"][f"{variant} loop single"] = summary(
+        *train_loop(variant, None)
+    )
     with strategy.scope():
         results["runs"][f"{variant} loop mirrored"] = summary(
             *train_loop(variant, strategy)
