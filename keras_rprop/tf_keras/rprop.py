@@ -1,0 +1,507 @@
+"""The `Rprop` optimizer for `tf_keras` (Keras 2)."""
+
+import contextlib
+import dataclasses
+import math
+import threading
+import types
+
+import tensorflow as tf
+import tf_keras
+
+from keras_rprop import rule
+
+# The operations `rule.apply` computes with: TensorFlow's own, so that the
+# update does not depend on the backend Keras 3 runs in this process.
+TF_OPS = types.SimpleNamespace(
+    sign=tf.math.sign,
+    where=tf.where,
+    zeros_like=tf.zeros_like,
+    cast=tf.cast,
+    convert_to_tensor=tf.convert_to_tensor,
+)
+
+_DEFAULTS = rule.RpropConfig()
+
+
+@tf_keras.saving.register_keras_serializable(package="keras_rprop")
+class Rprop(tf_keras.optimizers.Optimizer):
+    """Optimizer that implements the Rprop family, for `tf_keras` (Keras 2).
+
+    The same optimizer as `keras_rprop.Rprop`, with the same arguments,
+    defaults and update, for models built with `tf_keras`. Every weight has
+    its own step size, which grows by `eta_plus` (up to `max_step`) while
+    the sign of the weight's gradient holds and shrinks by `eta_minus`
+    (down to `min_step`) when it flips; the weight moves by its step size
+    against the sign of its gradient. Rprop needs the *full-batch*
+    gradient: train with `batch_size=len(x)`.
+
+    The four variants differ in what happens to a weight whose gradient
+    changed sign: `"rprop+"` reverts its previous move, `"rprop-"` moves by
+    the shrunk step, `"irprop-"` does not move, and `"irprop+"` reverts the
+    previous move only if the loss rose since the previous step. In all but
+    `"rprop-"` the gradient is then forgotten, so the next step neither
+    grows nor shrinks the step size.
+
+    `"irprop+"` needs the loss. `minimize` (which `model.fit` calls) hands it
+    over; a custom training loop passes it as
+    `optimizer.apply_gradients(grads_and_vars, loss=loss)`. Under a
+    distribution strategy each replica passes its own share of the loss
+    (the loss it takes the gradient of), and the optimizer adds them up.
+    Under mixed precision, call `keras_rprop.tf_keras.enable_loss(model)`
+    after `model.compile(...)`.
+
+    `learning_rate` multiplies every applied move, a reverted one included;
+    the default 1.0 is the papers' rule. The state is two tensors per
+    weight: the step sizes (in the weight's float dtype, at least float32)
+    and the signs of the stored gradients (`int8`).
+
+    Args:
+        variant: One of `"rprop+"`, `"rprop-"`, `"irprop+"`, `"irprop-"`.
+            Defaults to `"irprop-"`.
+        initial_step: Initial step size of every weight (Delta_0). Defaults
+            to `0.1`.
+        eta_minus: Factor in (0, 1) by which a step size shrinks after a
+            sign change. Defaults to `0.5`.
+        eta_plus: Factor > 1 by which a step size grows while the sign
+            holds. Defaults to `1.2`.
+        min_step: Lower bound (>= 0) of the step sizes. Defaults to `1e-6`.
+        max_step: Upper bound of the step sizes. Defaults to `50.0`.
+        learning_rate: A float, a
+            `tf_keras.optimizers.schedules.LearningRateSchedule` or a
+            callable that takes no arguments and returns the value to use.
+            Multiplies every applied move. Defaults to `1.0`.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+        ema_momentum, ema_overwrite_frequency, jit_compile, name: The
+            arguments of every `tf_keras.optimizers.Optimizer`, with the same
+            meaning and defaults.
+
+    References:
+        - [Riedmiller & Braun, 1993](https://doi.org/10.1109/ICNN.1993.298623)
+          (Rprop+).
+        - [Riedmiller, 1994](https://doi.org/10.1016/0920-5489(94)90017-5)
+          (Rprop-).
+        - Igel & Huesken, 2000: "Improving the Rprop learning algorithm",
+          Proc. NC 2000, pp. 115-121 (iRprop+ and iRprop-).
+    """
+
+    def __init__(
+        self,
+        variant=_DEFAULTS.variant,
+        initial_step=_DEFAULTS.initial_step,
+        eta_minus=_DEFAULTS.eta_minus,
+        eta_plus=_DEFAULTS.eta_plus,
+        min_step=_DEFAULTS.min_step,
+        max_step=_DEFAULTS.max_step,
+        learning_rate=1.0,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        jit_compile=True,
+        name="rprop",
+        **kwargs,
+    ):
+        config = rule.RpropConfig(
+            variant=variant,
+            initial_step=initial_step,
+            eta_minus=eta_minus,
+            eta_plus=eta_plus,
+            min_step=min_step,
+            max_step=max_step,
+        )
+        if isinstance(learning_rate, int) and not isinstance(
+            learning_rate, bool
+        ):
+            learning_rate = float(learning_rate)
+        super().__init__(
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+        self._learning_rate = self._build_learning_rate(learning_rate)
+        self.config = config
+        # Made here, not in `build`, so that their place among the saved
+        # variables does not depend on the model.
+        with tf.init_scope():
+            # The loss of the step being applied. Under a distribution
+            # strategy each replica assigns its share; "sum" adds them up.
+            self._current_loss = self._scalar(
+                "current_loss", math.inf, tf.VariableAggregation.SUM
+            )
+            # E(t-1) for iRprop+; +inf before the first step, so that the
+            # first sign change never counts as a rise of the loss.
+            self._previous_loss = self._scalar(
+                "previous_loss",
+                math.inf,
+                tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            # Backtracking reverts the move that was made, which was scaled
+            # by the learning rate of its own step.
+            self._previous_learning_rate = self._scalar(
+                "previous_learning_rate",
+                1.0,
+                tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        # How many `loss_recorded` blocks are open: the loss of their step
+        # reached the optimizer before `apply_gradients`. Under a
+        # MirroredStrategy every replica opens one, in a thread of its own.
+        self._loss_blocks = self._no_dependency([0])
+        self._loss_lock = self._no_dependency(threading.Lock())
+
+    def _scalar(self, name, value, aggregation):
+        variable = tf.Variable(
+            value,
+            name=name,
+            dtype=tf.float32,
+            trainable=False,
+            aggregation=aggregation,
+        )
+        self._variables.append(variable)
+        return variable
+
+    def build(self, var_list):
+        """Initializes the step sizes and stored signs.
+
+        Args:
+            var_list: list of model variables to build Rprop variables on.
+        """
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._steps = []
+        self._signs = []
+        for variable in var_list:
+            dtype = getattr(variable, "true_dtype", variable.dtype)
+            if not dtype.is_floating:
+                raise ValueError(
+                    "Rprop can only train floating-point variables. "
+                    f"Received: variable {variable.name!r} with dtype "
+                    f"{dtype.name}"
+                )
+            step_dtype = tf.float32 if dtype.size < 4 else dtype
+            self._steps.append(
+                self._add_slot(variable, "step", step_dtype, self.initial_step)
+            )
+            self._signs.append(self._add_slot(variable, "sign", tf.int8, 0))
+        self._built = True
+
+    def _add_slot(self, variable, name, dtype, value):
+        # `add_variable_from_reference` makes slots in the weight's dtype;
+        # the signs are stored in one byte.
+        strategy = tf.distribute.get_strategy()
+        with strategy.extended.colocate_vars_with(variable):
+            slot = tf.Variable(
+                tf.fill(variable.shape, tf.constant(value, dtype)),
+                name=f"{name}/{variable._shared_name}",
+                trainable=False,
+            )
+        self._variables.append(slot)
+        return slot
+
+    # -- The loss channel ------------------------------------------------
+
+    def minimize(self, loss, var_list, tape=None):
+        """Minimizes `loss` by updating `var_list`, handing the loss over.
+
+        `model.fit` calls it with the loss of each step, so iRprop+ needs
+        nothing more there.
+
+        Args:
+            loss: A scalar tensor, or a callable without arguments that
+                returns it.
+            var_list: The variables to update, or a callable returning them.
+            tape: The `tf.GradientTape` that computed `loss`, if a tensor.
+        """
+        if callable(loss):
+            tape = tf.GradientTape() if tape is None else tape
+            with tape:
+                loss = loss()
+        grads_and_vars = self.compute_gradients(loss, var_list, tape)
+        return self.apply_gradients(grads_and_vars, loss=loss)
+
+    def apply_gradients(
+        self,
+        grads_and_vars,
+        name=None,
+        skip_gradients_aggregation=False,
+        loss=None,
+        **kwargs,
+    ):
+        """Applies gradients to variables.
+
+        Args:
+            grads_and_vars: List of `(gradient, variable)` pairs.
+            name: The name scope of the variables made on the first call.
+            skip_gradients_aggregation: Whether the gradients were summed
+                over the replicas already.
+            loss: Optional scalar, the loss at the current weights (the
+                evaluation that produced the gradients), before any loss
+                scaling. Required by the `"irprop+"` variant; the other
+                variants accept and ignore it.
+
+        Returns:
+            The `iterations` variable, incremented.
+        """
+        grads_and_vars = list(grads_and_vars)
+        _check_gradient_shapes(grads_and_vars)
+        if loss is not None or not self._loss_blocks[0]:
+            loss = self._check_loss(loss)
+            if loss is not None:
+                self.record_loss(loss)
+        iteration = super().apply_gradients(
+            grads_and_vars,
+            name=name,
+            skip_gradients_aggregation=skip_gradients_aggregation,
+            **kwargs,
+        )
+        # After every variable was updated: the next step compares against
+        # this step's loss and reverts moves made with this learning rate.
+        self._previous_loss.assign(tf.identity(self._current_loss))
+        self._previous_learning_rate.assign(
+            tf.cast(self.learning_rate, tf.float32)
+        )
+        return iteration
+
+    def record_loss(self, loss):
+        """Sets the loss of the step that the next update applies.
+
+        Args:
+            loss: A scalar; this replica's share under a distribution
+                strategy.
+        """
+        loss = tf.cast(tf.stop_gradient(loss), tf.float32)
+        # A NaN loss counts as +inf: for iRprop+ it is a rise after a finite
+        # loss (revert), and a finite loss after it is not (keep the move).
+        loss = tf.where(tf.math.is_nan(loss), math.inf, loss)
+        self._current_loss.assign(loss)
+
+    @contextlib.contextmanager
+    def loss_recorded(self, loss):
+        """Records `loss` for the `apply_gradients` calls inside the block.
+
+        For a wrapper, such as `LossScaleOptimizer`, that calls
+        `apply_gradients` without the loss. A step the wrapper skips leaves
+        the comparison of the losses untouched.
+        """
+        loss = self._check_loss(loss)
+        if loss is not None:
+            self.record_loss(loss)
+        if loss is None:
+            yield
+            return
+        with self._loss_lock:
+            self._loss_blocks[0] += 1
+        try:
+            yield
+        finally:
+            with self._loss_lock:
+                self._loss_blocks[0] -= 1
+
+    def _check_loss(self, loss):
+        if loss is None:
+            if self.variant == rule.IRPROP_PLUS:
+                raise ValueError(
+                    "The 'irprop+' variant compares the loss of consecutive "
+                    "steps, but no loss was given. Pass it as "
+                    "`optimizer.apply_gradients(grads_and_vars, loss=loss)` "
+                    "or call `optimizer.minimize(loss, variables, tape)`; "
+                    "`model.fit` does so, and under mixed precision needs "
+                    "`keras_rprop.tf_keras.enable_loss(model)` after "
+                    "`model.compile(...)`. Received: loss=None"
+                )
+            return None
+        if isinstance(loss, (str, bytes, bool)) or loss is ...:
+            raise ValueError(
+                "Argument `loss` must be a scalar number or tensor. "
+                f"Received: loss={loss!r}"
+            )
+        try:
+            tensor = tf.convert_to_tensor(loss)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                "Argument `loss` must be a scalar number or tensor. "
+                f"Received: loss={loss!r}"
+            ) from error
+        if tensor.shape.rank != 0:
+            raise ValueError(
+                "Argument `loss` must be a scalar (a tensor of shape ()). "
+                f"Received: loss with shape {tuple(tensor.shape)}"
+            )
+        if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
+            raise ValueError(
+                "Argument `loss` must be a scalar number or tensor. "
+                f"Received: loss={loss!r}"
+            )
+        return tensor
+
+    # -- The update --------------------------------------------------------
+
+    def update_step(self, gradient, variable):
+        """Update step given gradient and the associated model variable."""
+        index = self._index_dict[self._var_key(variable)]
+        step_variable = self._steps[index]
+        sign_variable = self._signs[index]
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        loss_increased = None
+        if self.variant == rule.IRPROP_PLUS:
+            loss_increased = tf.greater(
+                tf.convert_to_tensor(self._current_loss),
+                tf.convert_to_tensor(self._previous_loss),
+            )
+        new_step, new_sign, new_value = rule.apply(
+            self.config,
+            gradient,
+            tf.convert_to_tensor(step_variable),
+            tf.convert_to_tensor(sign_variable),
+            weight=tf.convert_to_tensor(variable),
+            learning_rate=tf.convert_to_tensor(self.learning_rate),
+            previous_learning_rate=tf.convert_to_tensor(
+                self._previous_learning_rate
+            ),
+            loss_increased=loss_increased,
+            ops=TF_OPS,
+        )
+        variable.assign(new_value)
+        step_variable.assign(new_step)
+        sign_variable.assign(new_sign)
+
+    def _clip_steps(self):
+        # A state saved with other `min_step` / `max_step` can hold step
+        # sizes outside `[min_step, max_step]`; the rule clips a step size
+        # only when it grows or shrinks.
+        for step in getattr(self, "_steps", ()):
+            step.assign(tf.clip_by_value(step, self.min_step, self.max_step))
+
+    def load_own_variables(self, store):
+        """Loads the state, then clips the step sizes to the bounds."""
+        super().load_own_variables(store)
+        self._clip_steps()
+
+    def set_weights(self, weights):
+        """Sets the state, then clips the step sizes to the bounds."""
+        super().set_weights(weights)
+        self._clip_steps()
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "learning_rate": self._serialize_hyperparameter(
+                    self._learning_rate
+                ),
+                **dataclasses.asdict(self.config),
+            }
+        )
+        return config
+
+
+def _read_config(name):
+    return property(
+        lambda self: getattr(self.config, name),
+        doc=f"The `{name}` of the optimizer's `RpropConfig` (read-only).",
+    )
+
+
+# `optimizer.eta_plus` and the like, as `tf_keras` optimizers expose theirs.
+for _field in dataclasses.fields(rule.RpropConfig):
+    setattr(Rprop, _field.name, _read_config(_field.name))
+
+
+def _check_gradient_shapes(grads_and_vars):
+    # Without this check a gradient of shape (1,) would silently broadcast
+    # over a variable of shape (3,).
+    for grad, variable in grads_and_vars:
+        if grad is None:
+            continue
+        grad_shape = tuple(tf.TensorShape(grad.shape).as_list())
+        variable_shape = tuple(variable.shape.as_list())
+        if grad_shape == variable_shape:
+            continue
+        if len(grad_shape) != len(variable_shape) or any(
+            g is not None and v is not None and g != v
+            for g, v in zip(grad_shape, variable_shape)
+        ):
+            raise ValueError(
+                "Each gradient must have the shape of its variable. "
+                f"Received: gradient of shape {grad_shape} for variable "
+                f"{variable.name!r} of shape {variable_shape}"
+            )
+
+
+def _one_variant(class_name, variant, given):
+    """The variant of a named class, which `given` must name."""
+    if rule.RpropConfig(variant=given).variant != variant:
+        raise ValueError(
+            f"`{class_name}` is the {variant!r} variant; use "
+            f"`keras_rprop.tf_keras.Rprop(variant={given!r})` for another "
+            f"one. Received: variant={given!r}"
+        )
+    return variant
+
+
+@tf_keras.saving.register_keras_serializable(package="keras_rprop")
+class RpropPlus(Rprop):
+    """Rprop with weight-backtracking (Riedmiller & Braun, 1993).
+
+    `keras_rprop.tf_keras.Rprop` with `variant="rprop+"`; see `Rprop` for
+    the arguments.
+    """
+
+    def __init__(self, *args, variant=rule.RPROP_PLUS, **kwargs):
+        kwargs.setdefault("name", "rprop_plus")
+        variant = _one_variant("RpropPlus", rule.RPROP_PLUS, variant)
+        super().__init__(variant, *args, **kwargs)
+
+
+@tf_keras.saving.register_keras_serializable(package="keras_rprop")
+class RpropMinus(Rprop):
+    """Rprop without weight-backtracking (Riedmiller, 1994).
+
+    `keras_rprop.tf_keras.Rprop` with `variant="rprop-"`; see `Rprop` for
+    the arguments.
+    """
+
+    def __init__(self, *args, variant=rule.RPROP_MINUS, **kwargs):
+        kwargs.setdefault("name", "rprop_minus")
+        variant = _one_variant("RpropMinus", rule.RPROP_MINUS, variant)
+        super().__init__(variant, *args, **kwargs)
+
+
+@tf_keras.saving.register_keras_serializable(package="keras_rprop")
+class IRpropPlus(Rprop):
+    """Improved Rprop with loss-dependent backtracking (Igel & Huesken, 2000).
+
+    `keras_rprop.tf_keras.Rprop` with `variant="irprop+"`; see `Rprop` for
+    the arguments.
+    """
+
+    def __init__(self, *args, variant=rule.IRPROP_PLUS, **kwargs):
+        kwargs.setdefault("name", "irprop_plus")
+        variant = _one_variant("IRpropPlus", rule.IRPROP_PLUS, variant)
+        super().__init__(variant, *args, **kwargs)
+
+
+@tf_keras.saving.register_keras_serializable(package="keras_rprop")
+class IRpropMinus(Rprop):
+    """Improved Rprop without backtracking (Igel & Huesken, 2000).
+
+    `keras_rprop.tf_keras.Rprop` with `variant="irprop-"`; see `Rprop` for
+    the arguments.
+    """
+
+    def __init__(self, *args, variant=rule.IRPROP_MINUS, **kwargs):
+        kwargs.setdefault("name", "irprop_minus")
+        variant = _one_variant("IRpropMinus", rule.IRPROP_MINUS, variant)
+        super().__init__(variant, *args, **kwargs)
