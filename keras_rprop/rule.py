@@ -315,4 +315,3 @@ def _rule(
         )
     move = ops.where(sign_change, revert, move)
     return move, new_sign, new_step
-

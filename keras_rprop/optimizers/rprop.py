@@ -16,7 +16,7 @@ _DEFAULTS = rule.RpropConfig()
 
 @keras.saving.register_keras_serializable(package="keras_rprop")
 class Rprop(keras.optimizers.Optimizer):
-    """Optimizer that implements the Rprop algorithm (resilient backpropagation).
+    """Optimizer that implements Rprop (resilient backpropagation).
 
     Rprop gives every weight its own step size and adapts it from the sign
     of that weight's gradient only: while the sign holds, the step grows by
@@ -285,7 +285,7 @@ class Rprop(keras.optimizers.Optimizer):
         )
 
     def load_own_variables(self, store):
-        """Loads the state, then clips the step sizes to this optimizer's bounds.
+        """Loads the state, then clips the step sizes to the bounds.
 
         A checkpoint written with other `min_step` / `max_step` can hold step
         sizes outside `[min_step, max_step]`; the rule only clips a step size
@@ -324,8 +324,7 @@ class Rprop(keras.optimizers.Optimizer):
             trainable_variables = list(trainable_variables)
         validation.check_gradient_shapes(
             grads,
-            trainable_variables
-            or getattr(self, "_trainable_variables", None),
+            trainable_variables or getattr(self, "_trainable_variables", None),
         )
         if loss is None:
             loss = getattr(self, "_stateless_loss", None)
@@ -381,7 +380,6 @@ class Rprop(keras.optimizers.Optimizer):
                 ops.where(is_update_step, ops.zeros_like(total), total)
             )
         self._current_loss.assign(loss)
-
 
 
 def _read_config(name):
