@@ -117,6 +117,7 @@ RULE_PARAMETERS = tuple(
     for field in dataclasses.fields(RpropConfig)[1:]
     if field.metadata["rule"]
 )
+_DEFAULTS = RpropConfig()
 
 
 def check_variant(variant):
@@ -267,9 +268,10 @@ def rprop_update(
         sign_dtype: If given, `new_sign` is computed in this dtype from
             comparisons, and is 0 for a NaN gradient. By default it is the
             gradient's float sign.
-        **hyperparameters: Every one of `RULE_PARAMETERS` (`eta_minus`,
+        **hyperparameters: Those of `RULE_PARAMETERS` (`eta_minus`,
             `eta_plus`, `min_step`, `max_step`) by keyword, with the
-            meaning `RpropConfig` gives it; they are not checked here.
+            meaning and default `RpropConfig` gives them; they are not
+            checked here.
 
     Returns:
         A tuple `(move, new_sign, new_step)`: the increment to add to the
@@ -282,12 +284,17 @@ def rprop_update(
         )
     if sign_dtype is not None:
         sign_dtype = keras.backend.standardize_dtype(sign_dtype)
-    if set(hyperparameters) != set(RULE_PARAMETERS):
+    unknown = set(hyperparameters) - set(RULE_PARAMETERS)
+    if unknown:
         raise TypeError(
-            f"rprop_update() takes the keyword arguments {RULE_PARAMETERS}. "
-            f"Received: {tuple(sorted(hyperparameters))}"
+            f"rprop_update() takes the hyper-parameters {RULE_PARAMETERS}. "
+            f"Received: {tuple(sorted(unknown))}"
         )
-    config = types.SimpleNamespace(variant=variant, **hyperparameters)
+    config = types.SimpleNamespace(
+        variant=variant,
+        **{name: getattr(_DEFAULTS, name) for name in RULE_PARAMETERS},
+    )
+    vars(config).update(hyperparameters)
     return _rule(
         keras.ops,
         gradient,
