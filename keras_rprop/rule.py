@@ -117,7 +117,6 @@ RULE_PARAMETERS = tuple(
     for field in dataclasses.fields(RpropConfig)[1:]
     if field.metadata["rule"]
 )
-_DEFAULTS = RpropConfig()
 
 
 def check_variant(variant):
@@ -143,6 +142,9 @@ def check_real(name, value):
             f"Argument `{name}` must be finite. Received: {name}={value!r}"
         )
     return value
+
+
+_DEFAULTS = RpropConfig()
 
 
 def apply(
