@@ -196,7 +196,10 @@ def _standard_callbacks(tmp_path):
         ),
         keras_rprop.StepSizeLogger(),
         keras.callbacks.EarlyStopping(
-            monitor="loss", patience=2, min_delta=0.05, restore_best_weights=True
+            monitor="loss",
+            patience=2,
+            min_delta=0.05,
+            restore_best_weights=True,
         ),
     ]
 

@@ -25,6 +25,7 @@ step (a counter in a layer's `call`) happen only in the steps that run
 eagerly: the recorded one and the epoch's last.
 """
 
+import threading
 import warnings
 import weakref
 
@@ -43,6 +44,10 @@ _UNSAFE_OPS = {
     torch.ops.aten._local_scalar_dense.default,
     torch.ops.aten.item.default,
 }
+
+# `make_fx` patches module-level state while it records: one record at a
+# time, when several threads train.
+_recording = threading.Lock()
 
 # Recorded steps by model and step function: (key, state tensors, replay
 # function or None).
@@ -107,7 +112,8 @@ def stepper(model, step, data):
         nonlocal current
         if current is not None:
             return current()
-        replay, ran = _trace_step(model, step, state, data)
+        with _recording:
+            replay, ran = _trace_step(model, step, state, data)
         records[step] = (key, state, replay)
         current = _replaying(model, step, data, replay, state)
         if not ran:

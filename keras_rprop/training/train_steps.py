@@ -81,7 +81,9 @@ def mean_gradients_and_loss(sums, variables):
 
 def _to_sums(grads, loss, samples):
     samples = ops.cast(samples, "float32")
-    grads = [None if g is None else _scaled(g, samples, g.dtype) for g in grads]
+    grads = [
+        None if g is None else _scaled(g, samples, g.dtype) for g in grads
+    ]
     return Sums(grads, ops.cast(loss, "float32") * samples, samples)
 
 
