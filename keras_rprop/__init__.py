@@ -12,6 +12,7 @@ from keras_rprop.optimizers import RpropMinus
 from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import rprop_update
+from keras_rprop.training import LossGoal
 from keras_rprop.training import MiniBatchWarning
 from keras_rprop.training import StepSizeLogger
 from keras_rprop.training import enable_loss
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "IRpropMinus",
     "IRpropPlus",
+    "LossGoal",
     "MiniBatchWarning",
     "Rprop",
     "RpropMinus",

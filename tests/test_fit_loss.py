@@ -176,6 +176,31 @@ def test_irprop_plus_without_enable_loss_says_how_to_fix_it():
         model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
+def test_fit_after_the_missing_loss_error_trains_as_if_it_never_happened(
+    kind,
+):
+    # The error comes before the first step, so the model keeps its weights
+    # and, once `enable_loss` is called, trains as a fresh one.
+    x, y, w, b = make_data()
+    model = make_model(kind)
+    model.set_weights([w, b])
+    model.compile(optimizer=keras_rprop.Rprop("irprop+"), loss="mse")
+    with pytest.raises(ValueError, match="enable_loss"):
+        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    np.testing.assert_array_equal(model.get_weights()[0], w)
+    keras_rprop.enable_loss(model)
+    history = model.fit(
+        x, y, batch_size=len(x), epochs=STEPS, shuffle=False, verbose=0
+    )
+    expected, expected_history = fit_irprop_plus(kind)
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        history.history["loss"], expected_history.history["loss"]
+    )
+
+
 def test_other_variants_train_the_same_with_and_without_enable_loss():
     x, y, w, b = make_data()
     weights = []

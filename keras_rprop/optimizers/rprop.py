@@ -209,6 +209,10 @@ class Rprop(keras.optimizers.Optimizer):
         """
         if self.built:
             return
+        if self.variant == rule.IRPROP_PLUS:
+            from keras_rprop.training import loss_channel
+
+            loss_channel.check_fit_passes_loss()
         super().build(var_list)
         self._steps = []
         self._signs = []

@@ -17,8 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_rprop.optimizers import backend_compat
-from keras_rprop.training.loss_channel import apply_with_loss
-from keras_rprop.training.loss_channel import stateless_apply_with_loss
+from keras_rprop.training import train_steps
 
 
 class GradientAccumulator(keras.metrics.Metric):
@@ -52,16 +51,22 @@ class GradientAccumulator(keras.metrics.Metric):
             shape=(), initializer="zeros", dtype="float32", name="loss_sum"
         )
 
-    def update_state(self, grads, loss, samples):
-        """Adds one chunk: its gradients, its loss and its sample count."""
-        samples = ops.cast(samples, "float32")
-        for total, grad in zip(self.gradient_sums, grads):
+    def update_state(self, sums):
+        """Adds one chunk's `train_steps.Sums`."""
+        for total, grad in zip(self.gradient_sums, sums.grads):
             if grad is None:
                 continue
-            grad = ops.cast(backend_compat.densify(grad), total.dtype)
-            total.assign_add(grad * ops.cast(samples, total.dtype))
-        self.samples.assign_add(samples)
-        self.loss_sum.assign_add(ops.cast(loss, "float32") * samples)
+            total.assign_add(ops.cast(backend_compat.densify(grad), total.dtype))
+        self.samples.assign_add(ops.cast(sums.samples, "float32"))
+        self.loss_sum.assign_add(ops.cast(sums.loss, "float32"))
+
+    def sums(self):
+        """The sums of the chunks so far, as `train_steps.Sums`."""
+        return train_steps.Sums(
+            [v.value for v in self.gradient_sums],
+            self.loss_sum.value,
+            self.samples.value,
+        )
 
     add = update_state
 
@@ -122,25 +127,14 @@ class ApplyAccumulated(keras.callbacks.Callback):
         self.accumulator.clear()
 
 
-def _mean_gradients_and_loss(accumulator, variables):
-    samples = accumulator.samples
-    grads = [
-        ops.cast(ops.divide(total, ops.cast(samples, total.dtype)), v.dtype)
-        for total, v in zip(accumulator.gradient_sums, variables)
-    ]
-    return grads, ops.divide(accumulator.loss_sum, samples)
-
-
 def _tensorflow_apply(model, accumulator):
     import tensorflow as tf
 
-    @tf.function
     def apply():
-        variables = model.trainable_variables
-        grads, loss = _mean_gradients_and_loss(accumulator, variables)
-        apply_with_loss(model.optimizer, grads, variables, loss)
+        sums = train_steps.global_sums(accumulator.sums())
+        train_steps.apply_sums(model, sums)
 
-    return apply
+    return tf.function(apply, autograph=False)
 
 
 def _jax_apply(model, accumulator):
@@ -149,11 +143,9 @@ def _jax_apply(model, accumulator):
     def stateless(trainable, optimizer_state, metric_state):
         mapping = list(zip(accumulator.variables, metric_state))
         with keras.StatelessScope(state_mapping=mapping):
-            grads, loss = _mean_gradients_and_loss(
-                accumulator, model.trainable_variables
-            )
-        return stateless_apply_with_loss(
-            model.optimizer, optimizer_state, grads, trainable, loss
+            sums = accumulator.sums()
+        return train_steps.jax_apply_sums(
+            model, trainable, optimizer_state, train_steps.global_sums(sums)
         )
 
     stateless = jax.jit(stateless)
@@ -173,13 +165,9 @@ def _jax_apply(model, accumulator):
 
 
 def _torch_apply(model, accumulator):
-    import torch
-
     def apply():
-        variables = model.trainable_variables
-        with torch.no_grad():
-            grads, loss = _mean_gradients_and_loss(accumulator, variables)
-            apply_with_loss(model.optimizer, grads, variables, loss)
+        sums = train_steps.global_sums(accumulator.sums())
+        train_steps.apply_sums(model, sums)
 
     return apply
 

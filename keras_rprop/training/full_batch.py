@@ -1,10 +1,11 @@
-"""`fit_full_batch`: exact full-batch training through `model.fit`."""
+"""`fit_full_batch`: exact full-batch training, fast for data in memory."""
 
 import contextlib
 import inspect
 
 import keras
 
+from keras_rprop.training import engine
 from keras_rprop.training import train_steps
 from keras_rprop.training.chunked import ApplyAccumulated
 from keras_rprop.training.chunked import GradientAccumulator
@@ -13,6 +14,20 @@ from keras_rprop.training.minibatch import num_samples
 
 # Arguments of `fit` that `fit_full_batch` sets itself.
 _OWN_FIT_ARGUMENTS = ("batch_size", "steps_per_epoch")
+
+# Arguments of `fit` that the engine for data in memory takes; with any
+# other, the data goes through `model.fit`.
+_ENGINE_ARGUMENTS = {
+    "callbacks",
+    "verbose",
+    "validation_split",
+    "validation_data",
+    "validation_freq",
+    "validation_batch_size",
+    "sample_weight",
+    "initial_epoch",
+    "shuffle",
+}
 
 
 def fit_full_batch(
@@ -100,6 +115,16 @@ def fit_full_batch(
                 "chunks; arrays are one batch (use `chunk_size` to split "
                 f"them). Received: chunks_per_epoch={chunks_per_epoch!r}"
             )
+        if _engine_runs(model, fit_kwargs):
+            fit_kwargs.pop("shuffle", None)
+            return engine.fit_in_memory(
+                model,
+                x,
+                y,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                **fit_kwargs,
+            )
         if steps_per_epoch == 1:
             steps = train_steps.TRAIN_STEPS
             kwargs = {}
@@ -155,6 +180,26 @@ def fit_full_batch(
             callbacks=callbacks,
             **fit_kwargs,
         )
+
+
+def _engine_runs(model, fit_kwargs):
+    """Whether the engine for data in memory keeps `fit`'s meaning here."""
+    if not set(fit_kwargs) <= _ENGINE_ARGUMENTS:
+        return False
+    # Shuffling one batch only reorders the sums of its samples.
+    if fit_kwargs.get("shuffle") or model.run_eagerly:
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy() or (
+            model.distribute_strategy is not tf.distribute.get_strategy()
+        ):
+            return False
+    if keras.distribution.distribution() is not None:
+        return False
+    return backend in ("tensorflow", "jax", "torch")
 
 
 @contextlib.contextmanager

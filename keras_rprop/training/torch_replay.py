@@ -28,11 +28,9 @@ eagerly: the recorded one and the epoch's last.
 import warnings
 import weakref
 
-import keras
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from keras_rprop.training.loss_channel import apply_with_loss
 
 # ATen tags of operations whose record would not replay the eager step: a
 # random draw, or a value or shape read back into Python.
@@ -46,49 +44,50 @@ _UNSAFE_OPS = {
     torch.ops.aten.item.default,
 }
 
-# Recorded steps by model: (key, state tensors, replay function or None).
+# Recorded steps by model and step function: (key, state tensors, replay
+# function or None).
 _traces = weakref.WeakKeyDictionary()
 
 
-def repeat_update(model, x, y, sample_weight, count, eager_update):
-    """Runs `count` full-batch optimizer steps on `(x, y, sample_weight)`.
+def repeat(model, step, data, count):
+    """Runs `step(model, *data)` `count` times, replaying a record of it.
 
-    The first call for a model (or after anything the record depends on
-    changed) records one step while running it; the remaining steps replay
-    the record. Steps that cannot be replayed run `eager_update()`.
+    The first call for a model and step (or after anything the record
+    depends on changed) records one run while it runs; the remaining runs
+    replay the record. A step that cannot be replayed runs eagerly.
 
     Args:
         model: The compiled Keras model, built.
-        x: The inputs, a tensor or a nest of tensors.
-        y: The targets.
-        sample_weight: The sample weights, or `None`.
-        count: The number of optimizer steps to run.
-        eager_update: Function of no arguments that runs one step eagerly.
+        step: Function `(model, x, y, sample_weight)` that runs one
+            optimizer step (`train_steps.untracked_update` or the
+            engine's step that also feeds the metrics).
+        data: The tuple `(x, y, sample_weight)` of tensors (or nests).
+        count: The number of runs.
     """
     if count > 0 and not (model.built and model.optimizer.built):
         # A first call builds variables, which must not happen in a record.
-        eager_update()
+        step(model, *data)
         count -= 1
     if count <= 0:
         return
     state = _state_tensors(model)
-    data = (x, y, sample_weight)
-    key = _trace_key(model, data)
-    entry = _traces.get(model)
+    key = _trace_key(model, step, data)
+    records = _traces.setdefault(model, {})
+    entry = records.get(step)
     if (
         entry is None
         or entry[0] != key
         or len(entry[1]) != len(state)
         or any(a is not b for a, b in zip(entry[1], state))
     ):
-        replay, ran = _trace_step(model, state, data)
-        _traces[model] = (key, state, replay)
+        replay, ran = _trace_step(model, step, state, data)
+        records[step] = (key, state, replay)
         count -= ran
     else:
         replay = entry[2]
     if replay is None:
         for _ in range(count):
-            eager_update()
+            step(model, *data)
         return
     tensors = _flat_tensors(state, data)
     # Without the TorchScript optimizations (operator fusion), which could
@@ -100,12 +99,16 @@ def repeat_update(model, x, y, sample_weight, count, eager_update):
 
 def _state_tensors(model):
     """The tensors of every variable that a step reads or writes."""
-    variables = list(model.variables) + list(model.optimizer.variables)
+    variables = (
+        list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.metrics_variables)
+    )
     unique = {id(v): v for v in variables}
     return [v.value for v in unique.values()]
 
 
-def _trace_key(model, data):
+def _trace_key(model, step, data):
     """What a record depends on besides the identity of the state tensors."""
     leaves, structure = torch.utils._pytree.tree_flatten(data)
     return (
@@ -118,6 +121,7 @@ def _trace_key(model, data):
             )
             for t in leaves
         ),
+        id(step),
         id(model.optimizer),
         id(getattr(model, "_compile_loss", None)),
         _python_attributes(model.optimizer),
@@ -136,31 +140,7 @@ def _python_attributes(optimizer):
     )
 
 
-def _traceable_update(model, x, y, sample_weight):
-    """One optimizer step whose gradients are outputs, not `.grad` fields.
-
-    `loss.backward()` would store the gradients in the variables' `.grad`
-    fields, outside of what the record follows; `torch.autograd.grad`
-    returns the same gradients as tensors.
-    """
-    if model._call_has_training_arg:
-        y_pred = model(x, training=True)
-    else:
-        y_pred = model(x)
-    loss = model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-    )
-    variables = model.trainable_weights[:]
-    grads = torch.autograd.grad(
-        model.optimizer.scale_loss(loss),
-        [v.value for v in variables],
-        allow_unused=True,
-    )
-    with torch.no_grad():
-        apply_with_loss(model.optimizer, list(grads), variables, loss.detach())
-
-
-def _trace_step(model, state, data):
+def _trace_step(model, update, state, data):
     """Runs one step while recording it.
 
     Returns:
@@ -174,7 +154,7 @@ def _trace_step(model, state, data):
         # `state` is not used by name: passing the tensors makes the
         # record take them as inputs instead of freezing them as constants.
         del state
-        _traceable_update(model, x, y, sample_weight)
+        update(model, x, y, sample_weight)
 
     # `make_fx` refuses to read a tensor value into Python, possibly after
     # the step wrote some state (a seed generator): the step is then undone

@@ -1,17 +1,37 @@
-"""The training steps that `keras_rprop` binds to a model, per backend.
+"""The one full-batch training step of `keras_rprop`, per backend.
 
-Each backend gets three steps, all built from the same update:
+A step is made of three parts, so that the gradient of data in several
+pieces (chunks of a data set, shards held by several processes) is added up
+before it is used:
+
+- `gradient_sums`: the gradient and the loss of a batch, as sums over its
+  samples (the mean times the number of samples), with that number. Sums of
+  pieces add up to the sums of the whole data.
+- `global_sums`: the sums over every piece that takes part in the step. In
+  one process they are the sums themselves; training across processes adds
+  the sums of all processes here, and only here.
+- `apply_sums`: divides by the number of samples (the mean gradient and loss
+  of the whole data) and applies one optimizer step, the loss handed to
+  Rprop through the loss channel.
+
+Everything that trains builds on them: `enable_loss`'s `train_step`, the
+engine of `fit_full_batch`, `steps_per_epoch=k`, the chunked gradient sums
+and PyTorch's recorded step. For the Keras trainers this module also
+defines:
 
 - `train_step`: Keras's training step, but handing the unscaled loss to the
   optimizer (`enable_loss`).
-- `repeated_train_step`: `steps` such updates on the same batch in one call,
-  compiled as one loop (the fast full-batch loop). Only the last update
-  feeds the metrics, so the logs describe the current weights.
-- `accumulate_step`: no update; adds the chunk's gradient and loss, weighted
-  by the chunk's number of samples, to a `GradientAccumulator` (exact
-  full-batch training from chunks).
+- `repeated_train_step`: `steps` such updates on the same batch in one call.
+  Only the last update feeds the metrics, so the logs describe the weights
+  the last step started from.
+- `accumulate_step`: no update; adds the chunk's `gradient_sums` to a
+  `GradientAccumulator` (exact full-batch training from chunks).
+
+On JAX every function is stateless: it takes the values of the variables
+and returns new ones.
 """
 
+import collections
 import warnings
 
 import keras
@@ -19,6 +39,70 @@ from keras import ops
 
 from keras_rprop.training.loss_channel import apply_with_loss
 from keras_rprop.training.loss_channel import stateless_apply_with_loss
+
+Sums = collections.namedtuple("Sums", ["grads", "loss", "samples"])
+Sums.__doc__ = """Sums over the samples of a batch.
+
+Attributes:
+    grads: List of the gradient sums, one per trainable variable (the mean
+        gradient times `samples`); `None` for a variable without gradient.
+    loss: The loss sum (the mean loss times `samples`), a scalar.
+    samples: The number of samples, a float32 scalar.
+"""
+
+
+def global_sums(sums):
+    """The sums of every process that takes part in the step.
+
+    In one process: `sums` itself. Training across processes all-reduces
+    (adds) `sums.grads`, `sums.loss` and `sums.samples` over the processes
+    here, so that every process applies the same step.
+
+    Args:
+        sums: The `Sums` of this process.
+
+    Returns:
+        The `Sums` of all processes.
+    """
+    return sums
+
+
+def mean_gradients_and_loss(sums, variables):
+    """The mean gradients (in the variables' dtypes) and loss of `sums`."""
+    grads = []
+    for total, variable in zip(sums.grads, variables):
+        if total is None:
+            grads.append(None)
+            continue
+        grads.append(_scaled(total, sums.samples, variable.dtype, divide=True))
+    loss = ops.divide(ops.cast(sums.loss, "float32"), sums.samples)
+    return grads, loss
+
+
+def _to_sums(grads, loss, samples):
+    samples = ops.cast(samples, "float32")
+    grads = [None if g is None else _scaled(g, samples, g.dtype) for g in grads]
+    return Sums(grads, ops.cast(loss, "float32") * samples, samples)
+
+
+def _scaled(gradient, samples, dtype, divide=False):
+    """`gradient` times (or divided by) `samples`, as `dtype`.
+
+    TensorFlow's sparse gradients (`IndexedSlices`, from embeddings) stay
+    sparse.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            values = _scaled(gradient.values, samples, dtype, divide)
+            return tf.IndexedSlices(
+                values, gradient.indices, gradient.dense_shape
+            )
+    factor = ops.cast(samples, gradient.dtype)
+    if divide:
+        return ops.cast(ops.divide(gradient, factor), dtype)
+    return ops.cast(ops.multiply(gradient, factor), dtype)
 
 
 def _forward(model, x):
@@ -48,10 +132,58 @@ def _warn_no_weights():
     warnings.warn("The model does not have any trainable weights.")
 
 
-# -- TensorFlow --------------------------------------------------------------
+# -- TensorFlow and PyTorch: the variables hold the state --------------------
 
 
-def _tensorflow_gradients(model, x, y, sample_weight, track_loss):
+def gradient_sums(model, x, y, sample_weight, track_loss=True):
+    """The `Sums` of the batch `(x, y, sample_weight)` at the current weights.
+
+    Args:
+        model: The compiled Keras model.
+        x: The inputs.
+        y: The targets.
+        sample_weight: The sample weights, or `None`.
+        track_loss: Whether to feed the loss to the model's loss tracker.
+
+    Returns:
+        A tuple `(sums, y_pred)`.
+    """
+    if keras.backend.backend() == "torch":
+        return _torch_gradient_sums(model, x, y, sample_weight, track_loss)
+    return _tensorflow_gradient_sums(model, x, y, sample_weight, track_loss)
+
+
+def apply_sums(model, sums):
+    """Applies one optimizer step with the mean gradient and loss of `sums`.
+
+    Args:
+        model: The compiled Keras model.
+        sums: The `Sums`, normally from `global_sums`.
+    """
+    variables = model.trainable_weights[:]
+    if not variables:
+        _warn_no_weights()
+        return
+    grads, loss = mean_gradients_and_loss(sums, variables)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            apply_with_loss(model.optimizer, grads, variables, loss)
+    else:
+        # Under tf.distribute each replica hands over its share of the
+        # loss; the optimizer sums the shares.
+        apply_with_loss(model.optimizer, grads, variables, loss)
+
+
+def update(model, x, y, sample_weight, track_loss=True):
+    """One full-batch optimizer step on `(x, y, sample_weight)`."""
+    sums, y_pred = gradient_sums(model, x, y, sample_weight, track_loss)
+    apply_sums(model, global_sums(sums))
+    return y_pred
+
+
+def _tensorflow_gradient_sums(model, x, y, sample_weight, track_loss):
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
@@ -66,25 +198,36 @@ def _tensorflow_gradients(model, x, y, sample_weight, track_loss):
         scaled_loss = model.optimizer.scale_loss(loss)
     variables = model.trainable_weights
     grads = tape.gradient(scaled_loss, variables) if variables else []
-    return y_pred, loss, grads
+    return _to_sums(grads, loss, batch_size(x)), y_pred
 
 
-def _tensorflow_update(model, x, y, sample_weight, track_loss=True):
-    y_pred, loss, grads = _tensorflow_gradients(
-        model, x, y, sample_weight, track_loss
+def _torch_gradient_sums(model, x, y, sample_weight, track_loss):
+    import torch
+
+    y_pred = _forward(model, x)
+    loss = model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
     )
-    if grads:
-        # Under tf.distribute each replica hands over its share of the
-        # loss; the optimizer sums the shares.
-        apply_with_loss(model.optimizer, grads, model.trainable_weights, loss)
-    else:
-        _warn_no_weights()
-    return y_pred
+    if track_loss:
+        model._loss_tracker.update_state(loss, sample_weight=batch_size(x))
+    variables = model.trainable_weights[:]
+    grads = []
+    if variables:
+        # Gradients as outputs, not `.grad` fields: PyTorch's recorded step
+        # (`torch_replay`) follows outputs only.
+        grads = torch.autograd.grad(
+            model.optimizer.scale_loss(loss),
+            [v.value for v in variables],
+            allow_unused=True,
+        )
+    with torch.no_grad():
+        sums = _to_sums(list(grads), loss.detach(), batch_size(x))
+    return sums, y_pred
 
 
-def _tensorflow_train_step(self, data):
+def _train_step(self, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = _tensorflow_update(self, x, y, sample_weight)
+    y_pred = update(self, x, y, sample_weight)
     return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -94,7 +237,7 @@ def _tensorflow_repeated_train_step(self, data, steps):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
 
     def body(i):
-        _tensorflow_update(self, x, y, sample_weight, track_loss=False)
+        update(self, x, y, sample_weight, track_loss=False)
         return (i + 1,)
 
     tf.while_loop(
@@ -103,58 +246,7 @@ def _tensorflow_repeated_train_step(self, data, steps):
         (tf.constant(0),),
         parallel_iterations=1,
     )
-    y_pred = _tensorflow_update(self, x, y, sample_weight)
-    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-def _tensorflow_accumulate_step(self, data, accumulator):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred, loss, grads = _tensorflow_gradients(
-        self, x, y, sample_weight, track_loss=True
-    )
-    accumulator.add(grads, loss, batch_size(x))
-    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-# -- PyTorch -----------------------------------------------------------------
-
-
-def _torch_gradients(model, x, y, sample_weight, track_loss):
-    y_pred = _forward(model, x)
-    model.zero_grad()
-    loss = model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-    )
-    if track_loss:
-        model._loss_tracker.update_state(loss, sample_weight=batch_size(x))
-    variables = model.trainable_weights[:]
-    grads = []
-    if variables:
-        model.optimizer.scale_loss(loss).backward()
-        grads = [v.value.grad for v in variables]
-    return y_pred, loss.detach(), grads
-
-
-def _torch_update(model, x, y, sample_weight, track_loss=True):
-    import torch
-
-    y_pred, loss, grads = _torch_gradients(
-        model, x, y, sample_weight, track_loss
-    )
-    if grads:
-        with torch.no_grad():
-            apply_with_loss(
-                model.optimizer, grads, model.trainable_weights[:], loss
-            )
-    else:
-        _warn_no_weights()
-    return y_pred
-
-
-def _torch_train_step(self, data):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = _torch_update(self, x, y, sample_weight)
-    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return _train_step(self, data)
 
 
 def _torch_repeated_train_step(self, data, steps):
@@ -163,34 +255,41 @@ def _torch_repeated_train_step(self, data, steps):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     # All steps but the last replay one recorded step (see `torch_replay`);
     # the last runs eagerly, to feed the loss tracker and the metrics.
-    torch_replay.repeat_update(
-        self,
-        x,
-        y,
-        sample_weight,
-        steps - 1,
-        lambda: _torch_update(self, x, y, sample_weight, track_loss=False),
+    torch_replay.repeat(
+        self, untracked_update, (x, y, sample_weight), steps - 1
     )
-    y_pred = _torch_update(self, x, y, sample_weight)
-    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return _train_step(self, data)
 
 
-def _torch_accumulate_step(self, data, accumulator):
-    import torch
+def untracked_update(model, x, y, sample_weight):
+    """An optimizer step that feeds no metric."""
+    update(model, x, y, sample_weight, track_loss=False)
 
+
+def _accumulate_step(self, data, accumulator):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred, loss, grads = _torch_gradients(
-        self, x, y, sample_weight, track_loss=True
-    )
-    with torch.no_grad():
-        accumulator.add(grads, loss, batch_size(x))
+    sums, y_pred = gradient_sums(self, x, y, sample_weight)
+    accumulator.add(sums)
     return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-# -- JAX ---------------------------------------------------------------------
+# -- JAX: stateless ----------------------------------------------------------
 
 
-def _jax_gradients(model, state, x, y, sample_weight):
+def jax_gradient_sums(model, state, x, y, sample_weight):
+    """The `Sums` of a batch, statelessly (JAX).
+
+    Args:
+        model: The compiled Keras model.
+        state: The values `(trainable, non_trainable, optimizer, metrics)`.
+        x: The inputs.
+        y: The targets.
+        sample_weight: The sample weights, or `None`.
+
+    Returns:
+        A tuple `(sums, y_pred, non_trainable, metrics)` with the new values
+        of the non-trainable and metrics variables.
+    """
     import jax
 
     (
@@ -211,10 +310,52 @@ def _jax_gradients(model, state, x, y, sample_weight):
         optimizer_variables=optimizer_variables,
     )
     loss, y_pred, non_trainable_variables, metrics_variables = aux
-    return grads, loss, y_pred, non_trainable_variables, metrics_variables
+    sums = _to_sums(grads, loss, batch_size(x))
+    return sums, loss, y_pred, non_trainable_variables, metrics_variables
 
 
-def _jax_update_metrics(
+def jax_apply_sums(model, trainable_variables, optimizer_variables, sums):
+    """Applies one step statelessly (JAX); returns the new values.
+
+    Args:
+        model: The compiled Keras model.
+        trainable_variables: Values of `model.trainable_variables`.
+        optimizer_variables: Values of `model.optimizer.variables`.
+        sums: The `Sums`, normally from `global_sums`.
+
+    Returns:
+        A tuple `(trainable_variables, optimizer_variables)`.
+    """
+    grads, loss = mean_gradients_and_loss(sums, model.trainable_variables)
+    return stateless_apply_with_loss(
+        model.optimizer, optimizer_variables, grads, trainable_variables, loss
+    )
+
+
+def jax_update(model, state, x, y, sample_weight):
+    """One optimizer step statelessly (JAX).
+
+    Returns:
+        A tuple `(state, loss, y_pred)`: the new values of the four groups of
+        variables (metrics untouched but for the loss computation's own
+        updates), the loss of the batch and the predictions.
+    """
+    sums, loss, y_pred, non_trainable_variables, metrics_variables = (
+        jax_gradient_sums(model, state, x, y, sample_weight)
+    )
+    trainable_variables, optimizer_variables = jax_apply_sums(
+        model, state[0], state[2], global_sums(sums)
+    )
+    state = (
+        trainable_variables,
+        non_trainable_variables,
+        optimizer_variables,
+        metrics_variables,
+    )
+    return state, loss, y_pred
+
+
+def jax_update_metrics(
     model, metrics_variables, loss, x, y, y_pred, sample_weight, extra=None
 ):
     """Updates the loss tracker and metrics (and `extra`) statelessly."""
@@ -231,55 +372,46 @@ def _jax_update_metrics(
     return logs, new_values
 
 
-def _jax_update(model, state, x, y, sample_weight):
-    grads, loss, y_pred, non_trainable_variables, metrics_variables = (
-        _jax_gradients(model, state, x, y, sample_weight)
-    )
-    trainable_variables, optimizer_variables = stateless_apply_with_loss(
-        model.optimizer, state[2], grads, state[0], loss
-    )
-    state = (
-        trainable_variables,
-        non_trainable_variables,
-        optimizer_variables,
-        metrics_variables,
-    )
-    return state, loss, y_pred
-
-
 def _jax_train_step(self, state, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    state, loss, y_pred = _jax_update(self, state, x, y, sample_weight)
-    logs, metrics_variables = _jax_update_metrics(
+    state, loss, y_pred = jax_update(self, state, x, y, sample_weight)
+    logs, metrics_variables = jax_update_metrics(
         self, state[3], loss, x, y, y_pred, sample_weight
     )
     return logs, (*state[:3], metrics_variables)
 
 
-def _jax_repeated_train_step(self, state, data, steps):
+def jax_repeat(model, state, x, y, sample_weight, count):
+    """`count` optimizer steps statelessly (JAX), in one `fori_loop`.
+
+    The metrics variables are passed through untouched.
+    """
     import jax
 
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     metrics_variables = state[3]
 
     def body(_, carry):
-        # Metrics are fed by the last update only; what the earlier ones
-        # did to the metric variables is dropped with `carry`.
-        new_state, _, _ = _jax_update(
-            self, (*carry, metrics_variables), x, y, sample_weight
+        new_state, _, _ = jax_update(
+            model, (*carry, metrics_variables), x, y, sample_weight
         )
-        return new_state[:3]
+        return tuple(new_state[:3])
 
-    carry = jax.lax.fori_loop(0, steps - 1, body, tuple(state[:3]))
-    return _jax_train_step(self, (*carry, metrics_variables), data)
+    carry = jax.lax.fori_loop(0, count, body, tuple(state[:3]))
+    return (*carry, metrics_variables)
+
+
+def _jax_repeated_train_step(self, state, data, steps):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    state = jax_repeat(self, state, x, y, sample_weight, steps - 1)
+    return _jax_train_step(self, state, data)
 
 
 def _jax_accumulate_step(self, state, data, accumulator):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    grads, loss, y_pred, non_trainable_variables, metrics_variables = (
-        _jax_gradients(self, state, x, y, sample_weight)
+    sums, loss, y_pred, non_trainable_variables, metrics_variables = (
+        jax_gradient_sums(self, state, x, y, sample_weight)
     )
-    logs, metrics_variables = _jax_update_metrics(
+    logs, metrics_variables = jax_update_metrics(
         self,
         metrics_variables,
         loss,
@@ -287,7 +419,7 @@ def _jax_accumulate_step(self, state, data, accumulator):
         y,
         y_pred,
         sample_weight,
-        extra=lambda: accumulator.add(grads, loss, batch_size(x)),
+        extra=lambda: accumulator.add(sums),
     )
     return logs, (
         state[0],
@@ -298,9 +430,9 @@ def _jax_accumulate_step(self, state, data, accumulator):
 
 
 TRAIN_STEPS = {
-    "tensorflow": _tensorflow_train_step,
+    "tensorflow": _train_step,
     "jax": _jax_train_step,
-    "torch": _torch_train_step,
+    "torch": _train_step,
 }
 REPEATED_TRAIN_STEPS = {
     "tensorflow": _tensorflow_repeated_train_step,
@@ -308,7 +440,7 @@ REPEATED_TRAIN_STEPS = {
     "torch": _torch_repeated_train_step,
 }
 ACCUMULATE_STEPS = {
-    "tensorflow": _tensorflow_accumulate_step,
+    "tensorflow": _accumulate_step,
     "jax": _jax_accumulate_step,
-    "torch": _torch_accumulate_step,
+    "torch": _accumulate_step,
 }
