@@ -28,6 +28,7 @@ so (`collective_errors`).
 """
 
 import contextlib
+import functools
 import math
 
 import keras
@@ -51,8 +52,13 @@ _PEER_FAILURE_MARKERS = (
 )
 
 
-def process_count():
-    """The number of processes that train together (1 without any)."""
+def process_count(model=None):
+    """The number of processes that train together (1 without any).
+
+    Args:
+        model: On TensorFlow, the model whose strategy counts (by default,
+            the strategy in scope).
+    """
     backend = keras.backend.backend()
     if backend == "torch":
         import torch.distributed as dist
@@ -64,13 +70,13 @@ def process_count():
         import jax
 
         return jax.process_count()
-    strategy = tf_multi_worker_strategy()
+    strategy = tf_multi_worker_strategy(model)
     if strategy is None:
         return 1
     return strategy.extended._num_workers
 
 
-def process_index():
+def process_index(model=None):
     """The index of this process among those that train together."""
     backend = keras.backend.backend()
     if backend == "torch":
@@ -83,21 +89,27 @@ def process_index():
         import jax
 
         return jax.process_index()
-    strategy = tf_multi_worker_strategy()
+    strategy = tf_multi_worker_strategy(model)
     if strategy is None:
         return 0
     return strategy.cluster_resolver.task_id or 0
 
 
-def tf_multi_worker_strategy():
-    """The `MultiWorkerMirroredStrategy` in scope (TensorFlow), else `None`."""
+def tf_multi_worker_strategy(model=None):
+    """The `MultiWorkerMirroredStrategy` of `model` or in scope, else `None`.
+
+    TensorFlow only; `model`'s strategy is the one it was built under.
+    """
     if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf
 
-    if not tf.distribute.has_strategy():
+    if model is not None:
+        strategy = model.distribute_strategy
+    elif tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    else:
         return None
-    strategy = tf.distribute.get_strategy()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return strategy
     return None
@@ -153,9 +165,12 @@ def _unflatten(sums, values, flat, ops):
         grads.append(ops.cast(ops.reshape(piece, grad.shape), grad.dtype))
     loss = ops.cast(ops.reshape(next(reduced), ()), sums.loss.dtype)
     samples = ops.reshape(next(reduced), ())
-    samples = ops.cast(samples, keras.backend.standardize_dtype(
-        sums.samples.dtype
-    ) if hasattr(sums.samples, "dtype") else "float64")
+    samples = ops.cast(
+        samples,
+        keras.backend.standardize_dtype(sums.samples.dtype)
+        if hasattr(sums.samples, "dtype")
+        else "float64",
+    )
     return sums._replace(grads=grads, loss=loss, samples=samples)
 
 
@@ -194,6 +209,122 @@ def _tensorflow_all_reduce(sums):
     return _unflatten(sums, values, flat, keras.ops)
 
 
+# -- Training across processes ----------------------------------------------
+
+
+def across_processes(fit):
+    """Makes `fit_full_batch` train one shard of a training across processes.
+
+    In one process, `fit` itself. Across processes, before `fit` runs:
+    TensorFlow enters the model's `MultiWorkerMirroredStrategy` (whose
+    replicas run the steps), JAX pads the shard (`pad_shard`), and process
+    0's weights and optimizer state go to every process. A lost process
+    makes the others raise a `RuntimeError` (`collective_errors`).
+    """
+
+    @functools.wraps(fit)
+    def wrapper(model, x=None, y=None, **kwargs):
+        if (
+            not isinstance(model, keras.Model)
+            or getattr(model, "optimizer", None) is None
+        ):
+            # `fit` explains what is wrong.
+            return fit(model, x, y, **kwargs)
+        count = process_count(model)
+        if count <= 1:
+            return fit(model, x, y, **kwargs)
+        backend = keras.backend.backend()
+        if not model.built:
+            raise ValueError(
+                f"Training across {count} processes starts from process "
+                "0's weights, which must exist before the first step: "
+                "build the model (call it on a batch or call "
+                "`model.build(input_shape)`) before `fit_full_batch`. "
+                f"Received: model={model.name!r} (not built)"
+            )
+        if backend == "jax":
+            x, y, kwargs["sample_weight"] = pad_shard(
+                x, y, kwargs.get("sample_weight"), kwargs.get("chunk_size")
+            )
+        if backend == "tensorflow":
+            if kwargs.get("chunk_size") is not None:
+                raise ValueError(
+                    "Under `MultiWorkerMirroredStrategy`, `fit_full_batch` "
+                    "trains on each worker's shard as one batch; chunks "
+                    "are not supported there. Received: "
+                    f"chunk_size={kwargs['chunk_size']!r}"
+                )
+            scope = model.distribute_strategy.scope()
+        else:
+            scope = contextlib.nullcontext()
+        with scope, collective_errors(model):
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            broadcast_state(model)
+            return fit(model, x, y, **kwargs)
+
+    return wrapper
+
+
+class TensorFlowMultiWorkerRunner:
+    """The engine's epochs under `MultiWorkerMirroredStrategy`.
+
+    Every worker runs each epoch in its replica (`strategy.run`), where
+    `global_sums` sums the shards. One compiled call per epoch: TensorFlow
+    refuses a collective inside a loop of a replica's function, so the
+    epochs are a Python loop. Same interface as the engine's runners.
+
+    Args:
+        model: The compiled model, built under the strategy.
+        steps: Optimizer steps per epoch.
+    """
+
+    def __init__(self, model, steps):
+        import tensorflow as tf
+
+        self.model = model
+        self.steps = steps
+        self.strategy = tf_multi_worker_strategy(model)
+        self.data = None
+        self.function = tf.function(self._epoch, autograph=False)
+
+    def _epoch(self, data):
+        from keras_rprop.training import train_steps
+
+        def replica_epoch(x, y, sample_weight):
+            model = self.model
+            for metric in model.metrics:
+                metric.reset_state()
+            for _ in range(self.steps - 1):
+                train_steps.untracked_update(model, x, y, sample_weight)
+            y_pred = train_steps.update(model, x, y, sample_weight)
+            return model.compute_metrics(x, y, y_pred, sample_weight)
+
+        logs = self.strategy.run(replica_epoch, args=data)
+        return {
+            key: self.strategy.experimental_local_results(value)[0]
+            for key, value in logs.items()
+        }
+
+    def run(self, epochs, goal=None):
+        logs_by_epoch = []
+        for _ in range(epochs):
+            logs = {
+                key: float(value) for key, value in self.function(self.data).items()
+            }
+            logs_by_epoch.append(logs)
+            if goal is not None and logs["loss"] <= goal:
+                break
+        return logs_by_epoch
+
+
+def runner_class(model):
+    """The engine's runner for a training across processes, else `None`."""
+    if tf_multi_worker_strategy(model) is not None:
+        return TensorFlowMultiWorkerRunner
+    return None
+
+
 # -- Starting from the same state --------------------------------------------
 
 
@@ -205,7 +336,7 @@ def broadcast_state(model):
     seed, another checkpoint), and the first step would otherwise start
     from as many states as there are processes.
     """
-    if process_count() <= 1:
+    if process_count(model) <= 1:
         return
     variables = list(model.variables)
     optimizer = model.optimizer
@@ -217,10 +348,10 @@ def broadcast_state(model):
     backend = keras.backend.backend()
     if backend == "torch":
         _torch_broadcast(unique)
-    elif backend == "jax":
-        _jax_broadcast(unique)
-    else:
-        _tensorflow_broadcast(unique)
+    elif backend == "tensorflow":
+        _tensorflow_broadcast(model, unique)
+    # On JAX, the variables are global arrays: JAX refuses an assignment
+    # with other values in other processes, so they cannot differ.
 
 
 def _torch_broadcast(variables):
@@ -238,30 +369,18 @@ def _torch_broadcast(variables):
             start += size
 
 
-def _jax_broadcast(variables):
-    from jax.experimental import multihost_utils
-
-    # Each process's own copy: a replicated global array whose copies
-    # differ between processes cannot be read as one value.
-    local = [np.asarray(v.value.addressable_data(0)) for v in variables]
-    values = multihost_utils.broadcast_one_to_all(local)
-    for variable, value in zip(variables, values):
-        variable.assign(np.asarray(value))
-
-
-def _tensorflow_broadcast(variables):
+def _tensorflow_broadcast(model, variables):
     import tensorflow as tf
 
-    strategy = tf_multi_worker_strategy()
-    chief = process_index() == 0
+    strategy = tf_multi_worker_strategy(model)
+    chief = process_index(model) == 0
 
     @tf.function
     def reduced():
         def replica_values():
             context = tf.distribute.get_replica_context()
             values = [
-                tf.cast(tf.convert_to_tensor(v.value), "float64")
-                for v in variables
+                tf.cast(tf.convert_to_tensor(v.value), "float64") for v in variables
             ]
             if not chief:
                 values = [tf.zeros_like(v) for v in values]
@@ -366,7 +485,7 @@ def distribute_batch(data):
 
 
 @contextlib.contextmanager
-def collective_errors():
+def collective_errors(model=None):
     """Turns the failure of a collective into a `RuntimeError` that says why.
 
     When a process of the training dies, or stops answering for longer than
@@ -375,7 +494,7 @@ def collective_errors():
     heartbeat), the others' next collective fails with an error that names
     the transport, not the cause.
     """
-    count = process_count()
+    count = process_count(model)
     if count <= 1:
         yield
         return
@@ -388,7 +507,7 @@ def collective_errors():
         detail = detail[0][:500] if detail else ""
         raise RuntimeError(
             f"Training across {count} processes failed in process "
-            f"{process_index()}: another process has stopped or did not "
+            f"{process_index(model)}: another process has stopped or did not "
             "answer within the timeout, so the gradient of the whole data "
             "set cannot be summed. Restart all the processes (with "
             "`keras.callbacks.BackupAndRestore`, the training resumes from "

@@ -31,6 +31,8 @@ import weakref
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from keras_rprop.training import distributed
+
 
 # ATen tags of operations whose record would not replay the eager step: a
 # random draw, or a value or shape read back into Python.
@@ -69,6 +71,11 @@ def repeat(model, step, data, count):
         step(model, *data)
         count -= 1
     if count <= 0:
+        return
+    if distributed.process_count() > 1:
+        # A record would not hold the all-reduce of the processes' sums.
+        for _ in range(count):
+            step(model, *data)
         return
     state = _state_tensors(model)
     key = _trace_key(model, step, data)

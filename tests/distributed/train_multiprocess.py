@@ -77,17 +77,23 @@ def build_model(keras, keras_rprop, variant, rank=0):
             keras.layers.Dense(1),
         ]
     )
+    if keras.backend.backend() == "jax":
+        # JAX itself refuses to assign a variable other values in other
+        # processes (its variables are global arrays).
+        rank = 0
     model.set_weights(initial_weights(rank))
     model.compile(optimizer=keras_rprop.Rprop(variant), loss="mse")
     return model
 
 
 # name -> (variant, extra arguments of `fit_full_batch`)
-def runs(keras_rprop):
+def runs(keras, keras_rprop):
     cases = {v: (v, {}) for v in keras_rprop.VARIANTS}
-    # Each process's shard in chunks: the local sums of the chunks are
-    # summed over the processes.
-    cases["irprop+ chunked"] = ("irprop+", {"chunk_size": 10})
+    if keras.backend.backend() != "tensorflow":
+        # Each process's shard in chunks: the local sums of the chunks are
+        # summed over the processes. (`MultiWorkerMirroredStrategy` takes
+        # each shard as one batch.)
+        cases["irprop+ chunked"] = ("irprop+", {"chunk_size": 10})
     return cases
 
 
@@ -102,18 +108,14 @@ def state(keras, model):
     }
 
 
-def _setup(backend, rank, processes, ports):
+def _setup(backend, mode, rank, processes, ports):
     """What a user writes in each process before building the model."""
     os.environ["KERAS_BACKEND"] = backend
     if backend == "tensorflow":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ["TF_CONFIG"] = json.dumps(
             {
-                "cluster": {
-                    "worker": [
-                        f"127.0.0.1:{port}" for port in ports
-                    ]
-                },
+                "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                 "task": {"type": "worker", "index": rank},
             }
         )
@@ -128,9 +130,26 @@ def _setup(backend, rank, processes, ports):
         os.environ["JAX_PLATFORMS"] = "cpu"
         import keras
 
-        keras.distribution.initialize(
-            f"127.0.0.1:{ports[0]}", num_processes=processes, process_id=rank
-        )
+        if mode == "die":
+            # JAX's own call, for its timeouts: after the error, a process
+            # whose peer died waits for the peer's heartbeat at exit.
+            import jax
+
+            jax.distributed.initialize(
+                f"127.0.0.1:{ports[0]}",
+                num_processes=processes,
+                process_id=rank,
+                heartbeat_timeout_seconds=PEER_TIMEOUT,
+            )
+            # What `keras.distribution.initialize` does besides: one seed
+            # in every process, for the same initial weights.
+            keras.utils.set_random_seed(0)
+        else:
+            keras.distribution.initialize(
+                f"127.0.0.1:{ports[0]}",
+                num_processes=processes,
+                process_id=rank,
+            )
         keras.distribution.set_distribution(
             keras.distribution.DataParallel(
                 devices=keras.distribution.list_devices(),
@@ -157,7 +176,7 @@ def main():
     rank, processes = int(sys.argv[3]), int(sys.argv[4])
     ports = [int(p) for p in sys.argv[5].split(",")]
     outdir = sys.argv[6]
-    strategy = _setup(backend, rank, processes, ports)
+    strategy = _setup(backend, mode, rank, processes, ports)
 
     import contextlib
 
@@ -168,12 +187,15 @@ def main():
     x, y = data()
     start, end = shard_bounds(processes)[rank]
     x, y = x[start:end], y[start:end]
-    scope = strategy.scope() if strategy else contextlib.nullcontext()
+
+    def scope():
+        return strategy.scope() if strategy else contextlib.nullcontext()
+
     result = {"rank": rank, "samples": end - start}
 
     if mode == "train":
-        for name, (variant, arguments) in runs(keras_rprop).items():
-            with scope:
+        for name, (variant, arguments) in runs(keras, keras_rprop).items():
+            with scope():
                 model = build_model(keras, keras_rprop, variant, rank)
             keras_rprop.fit_full_batch(
                 model, x, y, epochs=EPOCHS, verbose=0, **arguments
@@ -187,7 +209,7 @@ def main():
                 if epoch == 2 and rank == processes - 1:
                     os.kill(os.getpid(), 9)
 
-        with scope:
+        with scope():
             model = build_model(keras, keras_rprop, "irprop+", rank)
         began = time.monotonic()
         try:
@@ -209,13 +231,11 @@ def main():
                     raise RuntimeError("interrupted on purpose")
 
         # Each process backs up to its own directory.
-        backup = keras.callbacks.BackupAndRestore(
-            os.path.join(outdir, f"backup{rank}")
-        )
+        backup = keras.callbacks.BackupAndRestore(os.path.join(outdir, f"backup{rank}"))
         callbacks = [backup]
         if mode == "interrupt":
             callbacks.append(Interrupt())
-        with scope:
+        with scope():
             model = build_model(keras, keras_rprop, "irprop+", rank)
         try:
             keras_rprop.fit_full_batch(
