@@ -16,7 +16,6 @@ in time and killed if it still runs when its test ends.
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
