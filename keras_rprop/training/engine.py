@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras.src.trainers.data_adapters import array_slicing
 
+from keras_rprop.training import distributed
 from keras_rprop.training import train_steps
 from keras_rprop.training.progress import LossGoal
 from keras_rprop.training.progress import progress_callback
@@ -216,7 +217,9 @@ def _runner(model, data, steps):
         object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
     runner = cache.get(key)
     if runner is None:
-        runner = _RUNNERS[backend](model, steps)
+        runner = (distributed.runner_class(model) or _RUNNERS[backend])(
+            model, steps
+        )
         cache.clear()
         cache[key] = runner
     runner.data = data

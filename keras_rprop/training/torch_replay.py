@@ -32,6 +32,8 @@ import weakref
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from keras_rprop.training import distributed
+
 
 # ATen tags of operations whose record would not replay the eager step: a
 # random draw, or a value or shape read back into Python.
@@ -81,6 +83,9 @@ def stepper(model, step, data):
     is valid while nothing the record depends on changes (the caller runs
     it in a loop of its own).
     """
+    if distributed.process_count() > 1:
+        # A record would not hold the all-reduce of the processes' sums.
+        return lambda: step(model, *data)
     if not (model.built and model.optimizer.built):
         # A first call builds variables, which must not happen in a record.
         later = None
