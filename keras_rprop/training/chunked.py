@@ -56,7 +56,9 @@ class GradientAccumulator(keras.metrics.Metric):
         for total, grad in zip(self.gradient_sums, sums.grads):
             if grad is None:
                 continue
-            total.assign_add(ops.cast(backend_compat.densify(grad), total.dtype))
+            total.assign_add(
+                ops.cast(backend_compat.densify(grad), total.dtype)
+            )
         self.samples.assign_add(ops.cast(sums.samples, "float32"))
         self.loss_sum.assign_add(ops.cast(sums.loss, "float32"))
 

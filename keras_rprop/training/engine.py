@@ -29,7 +29,9 @@ import math
 
 import keras
 import numpy as np
+from keras.src.trainers.data_adapters import array_slicing
 
+from keras_rprop.training import distributed
 from keras_rprop.training import train_steps
 from keras_rprop.training.progress import LossGoal
 from keras_rprop.training.progress import progress_callback
@@ -60,10 +62,11 @@ def fit_in_memory(
     sample_weight=None,
     initial_epoch=0,
 ):
-    """Trains on arrays in memory; see `fit_full_batch`. Returns the History."""
+    """Trains on arrays in memory (see `fit_full_batch`); returns History."""
     if validation_split and validation_data is None:
+        # The last fraction of the samples, as `fit` splits it.
         (x, y, sample_weight), validation_data = (
-            keras.src.trainers.data_adapters.array_slicing.train_validation_split(
+            array_slicing.train_validation_split(
                 (x, y, sample_weight), validation_split=validation_split
             )
         )
@@ -109,9 +112,12 @@ def fit_in_memory(
         if logs_only and not validate:
             count = min(chunk, epochs - epoch)
             if validation_data is not None:
-                count = min(count, _epochs_to_validation(
-                    model, epoch, epochs, validation_freq
-                ))
+                count = min(
+                    count,
+                    _epochs_to_validation(
+                        model, epoch, epochs, validation_freq
+                    ),
+                )
         else:
             count = 1
         if count == 1 or not logs_only:
@@ -211,7 +217,9 @@ def _runner(model, data, steps):
         object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
     runner = cache.get(key)
     if runner is None:
-        runner = _RUNNERS[backend](model, steps)
+        runner = (distributed.runner_class(model) or _RUNNERS[backend])(
+            model, steps
+        )
         cache.clear()
         cache[key] = runner
     runner.data = data
@@ -277,9 +285,7 @@ class _TensorFlowRunner:
             stop = tf.cast(logs["loss"], "float32") <= goal
             return epoch + 1, stop, values
 
-        values = [
-            tf.TensorArray("float32", size=epochs) for _ in self.keys
-        ]
+        values = [tf.TensorArray("float32", size=epochs) for _ in self.keys]
         count, _, values = tf.while_loop(
             lambda epoch, stop, values: tf.logical_and(
                 epoch < epochs, tf.logical_not(stop)
@@ -421,7 +427,9 @@ class _TorchRunner:
                 untracked()
             tracked()
             if loss_only and goal is None:
-                sums.append((tracker.total.value.clone(), tracker.count.value.clone()))
+                sums.append(
+                    (tracker.total.value.clone(), tracker.count.value.clone())
+                )
                 continue
             logs = _floats(model.get_metrics_result())
             logs_by_epoch.append(logs)

@@ -5,6 +5,7 @@ import inspect
 
 import keras
 
+from keras_rprop.training import distributed
 from keras_rprop.training import engine
 from keras_rprop.training import train_steps
 from keras_rprop.training.chunked import ApplyAccumulated
@@ -30,6 +31,7 @@ _ENGINE_ARGUMENTS = {
 }
 
 
+@distributed.across_processes
 def fit_full_batch(
     model,
     x=None,
@@ -196,7 +198,8 @@ def _engine_runs(model, fit_kwargs):
         if tf.distribute.has_strategy() or (
             model.distribute_strategy is not tf.distribute.get_strategy()
         ):
-            return False
+            # Keras's `fit` fails under `MultiWorkerMirroredStrategy`.
+            return distributed.tf_multi_worker_strategy(model) is not None
     if keras.distribution.distribution() is not None:
         return False
     return backend in ("tensorflow", "jax", "torch")

@@ -25,11 +25,14 @@ step (a counter in a layer's `call`) happen only in the steps that run
 eagerly: the recorded one and the epoch's last.
 """
 
+import threading
 import warnings
 import weakref
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+
+from keras_rprop.training import distributed
 
 
 # ATen tags of operations whose record would not replay the eager step: a
@@ -43,6 +46,10 @@ _UNSAFE_OPS = {
     torch.ops.aten._local_scalar_dense.default,
     torch.ops.aten.item.default,
 }
+
+# `make_fx` patches module-level state while it records: one record at a
+# time, when several threads train.
+_recording = threading.Lock()
 
 # Recorded steps by model and step function: (key, state tensors, replay
 # function or None).
@@ -76,6 +83,9 @@ def stepper(model, step, data):
     is valid while nothing the record depends on changes (the caller runs
     it in a loop of its own).
     """
+    if distributed.process_count() > 1:
+        # A record would not hold the all-reduce of the processes' sums.
+        return lambda: step(model, *data)
     if not (model.built and model.optimizer.built):
         # A first call builds variables, which must not happen in a record.
         later = None
@@ -107,7 +117,8 @@ def stepper(model, step, data):
         nonlocal current
         if current is not None:
             return current()
-        replay, ran = _trace_step(model, step, state, data)
+        with _recording:
+            replay, ran = _trace_step(model, step, state, data)
         records[step] = (key, state, replay)
         current = _replaying(model, step, data, replay, state)
         if not ran:

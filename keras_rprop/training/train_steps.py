@@ -37,6 +37,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_rprop.training import distributed
 from keras_rprop.training.loss_channel import apply_with_loss
 from keras_rprop.training.loss_channel import stateless_apply_with_loss
 
@@ -64,7 +65,7 @@ def global_sums(sums):
     Returns:
         The `Sums` of all processes.
     """
-    return sums
+    return distributed.global_sums(sums)
 
 
 def mean_gradients_and_loss(sums, variables):
@@ -81,7 +82,9 @@ def mean_gradients_and_loss(sums, variables):
 
 def _to_sums(grads, loss, samples):
     samples = ops.cast(samples, "float32")
-    grads = [None if g is None else _scaled(g, samples, g.dtype) for g in grads]
+    grads = [
+        None if g is None else _scaled(g, samples, g.dtype) for g in grads
+    ]
     return Sums(grads, ops.cast(loss, "float32") * samples, samples)
 
 
