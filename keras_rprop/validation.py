@@ -42,9 +42,10 @@ def rule_config(variant, args, kwargs):
 
 
 def expose_config(optimizer_class):
-    """Gives the class a read-only property per field of its `config`.
+    """Gives the class a property per field of its `config`.
 
     `optimizer.eta_plus` and the like, as Keras optimizers expose theirs.
+    Setting one replaces `config` with a checked copy holding the new value.
     """
     for field in dataclasses.fields(rule.RpropConfig):
         setattr(optimizer_class, field.name, _read_config(field.name))
@@ -52,9 +53,13 @@ def expose_config(optimizer_class):
 
 
 def _read_config(name):
+    def set_field(self, value):
+        self.config = dataclasses.replace(self.config, **{name: value})
+
     return property(
         lambda self: getattr(self.config, name),
-        doc=f"The `{name}` of the optimizer's `RpropConfig` (read-only).",
+        set_field,
+        doc=f"The `{name}` of the optimizer's `RpropConfig`.",
     )
 
 
