@@ -8,7 +8,10 @@ run time) run each backend's own multi-process engine, in that backend's
 pass of the suite: `torch.distributed` (gloo), multi-process JAX with
 `DataParallel`, TensorFlow's `MultiWorkerMirroredStrategy`. The shards
 differ in size (21 and 43 samples), and process 1 starts from other weights
-than process 0, which the training must replace with process 0's.
+than process 0, which the training must replace with process 0's. Every
+process's History must be the one process's: the logged loss and metrics
+are those of all the data, so callbacks that stop on them stop every
+process at the same epoch.
 
 The children are `tests/distributed/train_multiprocess.py`; each is bounded
 in time and killed if it still runs when its test ends.
@@ -110,12 +113,29 @@ class Children:
             return json.load(file)
 
 
-def _one_process(variant, epochs=child.EPOCHS, **arguments):
+def _one_process(variant, epochs=child.EPOCHS, options=None, **arguments):
     """The same training in this process, on all the data."""
     x, y = child.data()
-    model = child.build_model(keras, keras_rprop, variant)
-    keras_rprop.fit_full_batch(model, x, y, epochs=epochs, verbose=0, **arguments)
-    return child.state(keras, model)
+    model = child.build_model(
+        keras,
+        keras_rprop,
+        variant,
+        regularized=(options or {}).get("regularized", False),
+    )
+    history = keras_rprop.fit_full_batch(
+        model, x, y, epochs=epochs, verbose=0, **arguments
+    )
+    return {**child.state(keras, model), "history": history.history}
+
+
+def _assert_same_history(got, expected, name):
+    """Every process logs the loss and metrics of all the data."""
+    assert sorted(got) == sorted(expected), name
+    for key, values in expected.items():
+        assert len(got[key]) == len(values), f"{name}: {key}"
+        np.testing.assert_allclose(
+            got[key], values, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}"
+        )
 
 
 def _assert_same_state(got, expected, name):
@@ -140,12 +160,22 @@ def test_shards_in_processes_train_as_one_process(tmp_path):
         results = children.results()
     assert [r["samples"] for r in results] == [21, 43]
     initial = np.asarray(child.initial_weights()[0])
-    for name, (variant, arguments) in child.runs(keras, keras_rprop).items():
-        expected = _one_process(variant, **arguments)
+    runs = child.runs(keras, keras_rprop)
+    for name, (variant, arguments, options) in runs.items():
+        expected = _one_process(variant, options=options, **arguments)
         # Training happened: the comparison is not between untouched models.
         assert not np.allclose(expected["weights"][0], initial)
         for result in results:
             _assert_same_state(result[name], expected, name)
+            _assert_same_history(
+                result[name]["history"], expected["history"], name
+            )
+        if "callbacks" in arguments:
+            # The callback stopped the training, at the same epoch in every
+            # process as in one process.
+            assert len(expected["history"]["loss"]) < child.EPOCHS, name
+        if options.get("regularized"):
+            assert sorted(expected["history"]) == ["loss", "mae"], name
         if variant == "irprop+":
             # The loss iRprop+ compares is the loss of all the data, the
             # same in every process.

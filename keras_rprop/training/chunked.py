@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_rprop.optimizers import backend_compat
+from keras_rprop.training import distributed
 from keras_rprop.training import train_steps
 
 
@@ -127,6 +128,12 @@ class ApplyAccumulated(keras.callbacks.Callback):
             self._compiled_apply = _COMPILERS[backend](model, self.accumulator)
         self._compiled_apply()
         self.accumulator.clear()
+        # The epoch's logs, read after this, are those of all the shards;
+        # the metrics were reset when the epoch began.
+        metrics = [m for m in model.metrics if m is not self.accumulator]
+        variables = distributed.summed_metric_variables(metrics)
+        if variables:
+            distributed.add_metric_updates(variables)
 
 
 def _tensorflow_apply(model, accumulator):

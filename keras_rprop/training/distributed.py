@@ -209,6 +209,105 @@ def _tensorflow_all_reduce(sums):
     return _unflatten(sums, values, flat, keras.ops)
 
 
+# -- Summing the metrics -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def global_metrics(metrics):
+    """Adds up what the block adds to `metrics` in every process.
+
+    Inside the block each process updates the metrics with its own shard;
+    at its end, every process holds the states of the metrics updated with
+    all the shards: what each process added is all-reduced and added to the
+    states the block started from (the same in every process). The states
+    of Keras's metrics (`Mean`, `MeanMetricWrapper`, confusion counts, ...)
+    are sums, marked with `aggregation="sum"`; those are the ones added up.
+    A variable with another aggregation stays this process's own. In one
+    process, and on JAX (whose global arrays already span the processes),
+    the block runs alone.
+
+    Args:
+        metrics: The metrics (normally `model.metrics`).
+
+    Yields:
+        Whether the metrics are added up over processes.
+    """
+    variables = summed_metric_variables(metrics)
+    if not variables:
+        yield False
+        return
+    before = [_copy(v.value) for v in variables]
+    yield True
+    add_metric_updates(variables, before)
+
+
+def add_metric_updates(variables, before=None):
+    """Adds up over processes what each added to `variables` since `before`.
+
+    Args:
+        variables: Metric variables whose states are sums.
+        before: Their values, the same in every process, before this
+            process's updates; `None` for zeros (metrics just reset).
+    """
+    ops = keras.ops
+    if before is None:
+        before = [ops.zeros(v.shape, v.dtype) for v in variables]
+    before = [ops.cast(b, "float64") for b in before]
+    added = [
+        ops.reshape(ops.cast(v.value, "float64") - b, (-1,))
+        for v, b in zip(variables, before)
+    ]
+    flat = _all_reduced(ops.concatenate(added))
+    start = 0
+    for variable, value in zip(variables, before):
+        size = math.prod(variable.shape)
+        total = value + ops.reshape(flat[start : start + size], variable.shape)
+        variable.assign(ops.cast(total, variable.dtype))
+        start += size
+
+
+def summed_metric_variables(metrics):
+    """The variables of `metrics` that `global_metrics` adds up.
+
+    Empty in one process and on JAX.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        if process_count() <= 1:
+            return []
+    elif backend != "tensorflow" or not _in_multi_worker_replica():
+        return []
+    variables = []
+    for metric in metrics:
+        for variable in metric.variables:
+            if getattr(variable, "aggregation", "sum") == "sum":
+                variables.append(variable)
+    return list({id(v): v for v in variables}.values())
+
+
+def _copy(value):
+    if keras.backend.backend() == "torch":
+        return value.detach().clone()
+    import tensorflow as tf
+
+    return tf.identity(value)
+
+
+def _all_reduced(flat):
+    """The sum over processes of a float64 vector (PyTorch, TensorFlow)."""
+    if keras.backend.backend() == "torch":
+        import torch.distributed as dist
+
+        flat = flat.clone()
+        dist.all_reduce(flat)
+        return flat
+    import tensorflow as tf
+
+    return tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, flat
+    )
+
+
 # -- Training across processes ----------------------------------------------
 
 
@@ -297,8 +396,10 @@ class TensorFlowMultiWorkerRunner:
                 metric.reset_state()
             for _ in range(self.steps - 1):
                 train_steps.untracked_update(model, x, y, sample_weight)
-            y_pred = train_steps.update(model, x, y, sample_weight)
-            return model.compute_metrics(x, y, y_pred, sample_weight)
+            with global_metrics(model.metrics):
+                y_pred = train_steps.update(model, x, y, sample_weight)
+                model.compute_metrics(x, y, y_pred, sample_weight)
+            return model.get_metrics_result()
 
         logs = self.strategy.run(replica_epoch, args=data)
         return {

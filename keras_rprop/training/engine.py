@@ -182,6 +182,12 @@ def _validate(model, validation_data, batch_size, callback_list):
         callbacks=callback_list,
         return_dict=True,
     )
+    variables = distributed.summed_metric_variables(model.metrics)
+    if variables:
+        # Across processes: the metrics of every process's validation data
+        # (`evaluate` reset them first).
+        distributed.add_metric_updates(variables)
+        logs = _floats(model.get_metrics_result())
     return {f"val_{name}": value for name, value in logs.items()}
 
 
@@ -448,10 +454,11 @@ def _tracked_update(model, x, y, sample_weight):
 
     for metric in model.metrics:
         metric.reset_state()
-    y_pred = train_steps.update(model, x, y, sample_weight)
-    with torch.no_grad():
-        if model._compile_metrics is not None:
-            model._compile_metrics.update_state(y, y_pred, sample_weight)
+    with distributed.global_metrics(model.metrics):
+        y_pred = train_steps.update(model, x, y, sample_weight)
+        with torch.no_grad():
+            if model._compile_metrics is not None:
+                model._compile_metrics.update_state(y, y_pred, sample_weight)
 
 
 _RUNNERS = {

@@ -12,6 +12,7 @@ import types
 
 import keras
 
+from keras_rprop.training import distributed
 from keras_rprop.training import minibatch
 from keras_rprop.training import train_steps
 from keras_rprop.training.loss_channel import rprop_inside
@@ -189,4 +190,9 @@ def _fit_checking_batches(self, x=None, y=None, batch_size=None, **kwargs):
         steps_per_epoch=kwargs.get("steps_per_epoch"),
         validation_split=kwargs.get("validation_split", 0.0),
     )
-    return type(self).fit(self, x, y, batch_size=batch_size, **kwargs)
+    # Across processes (PyTorch), every process starts from process 0's
+    # state, as with `fit_full_batch`.
+    with distributed.collective_errors(self):
+        if self.built:
+            distributed.broadcast_state(self)
+        return type(self).fit(self, x, y, batch_size=batch_size, **kwargs)

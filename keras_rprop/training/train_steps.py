@@ -230,8 +230,11 @@ def _torch_gradient_sums(model, x, y, sample_weight, track_loss):
 
 def _train_step(self, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = update(self, x, y, sample_weight)
-    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    # Across processes the logs are those of all the shards.
+    with distributed.global_metrics(self.metrics) as summed:
+        y_pred = update(self, x, y, sample_weight)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    return self.get_metrics_result() if summed else logs
 
 
 def _tensorflow_repeated_train_step(self, data, steps):

@@ -11,8 +11,9 @@ are free ports chosen by the test, one per process, comma-separated (JAX and
 PyTorch use the first: the coordinator's). Each process holds its own shard of the
 data; the shards differ in size. MODE is:
 
-- `train`: every variant, 20 epochs of `fit_full_batch` on the shard; writes
-  `OUTDIR/rank{RANK}.json` with the weights and the optimizer variables.
+- `train`: every variant, 20 epochs of `fit_full_batch` on the shard, and
+  the other runs of `runs`; writes `OUTDIR/rank{RANK}.json` with the
+  weights, the optimizer variables and the History of each.
   Processes other than 0 start from other weights, which the training must
   replace with process 0's.
 - `die`: trains for a long time; the last process kills itself with SIGKILL
@@ -69,11 +70,18 @@ def shard_bounds(processes):
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def build_model(keras, keras_rprop, variant, rank=0):
+def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
+    """The model of every run; `regularized` adds an L2 term and a metric."""
     model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
-            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.Dense(
+                3,
+                activation="tanh",
+                kernel_regularizer=(
+                    keras.regularizers.L2(0.05) if regularized else None
+                ),
+            ),
             keras.layers.Dense(1),
         ]
     )
@@ -82,18 +90,55 @@ def build_model(keras, keras_rprop, variant, rank=0):
         # processes (its variables are global arrays).
         rank = 0
     model.set_weights(initial_weights(rank))
-    model.compile(optimizer=keras_rprop.Rprop(variant), loss="mse")
+    model.compile(
+        optimizer=keras_rprop.Rprop(variant),
+        loss="mse",
+        metrics=["mae"] if regularized else None,
+    )
     return model
 
 
-# name -> (variant, extra arguments of `fit_full_batch`)
 def runs(keras, keras_rprop):
-    cases = {v: (v, {}) for v in keras_rprop.VARIANTS}
-    if keras.backend.backend() != "tensorflow":
+    """name -> (variant, extra arguments of `fit_full_batch`, options).
+
+    Options: `regularized` (see `build_model`); `fit` trains with
+    `enable_loss` and `model.fit` instead, one batch per process and epoch,
+    on the unequal shards (`"shards"`) or on equal ones (`"equal"`).
+    """
+    cases = {v: (v, {}, {}) for v in keras_rprop.VARIANTS}
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
         # Each process's shard in chunks: the local sums of the chunks are
         # summed over the processes. (`MultiWorkerMirroredStrategy` takes
         # each shard as one batch.)
-        cases["irprop+ chunked"] = ("irprop+", {"chunk_size": 10})
+        cases["irprop+ chunked"] = ("irprop+", {"chunk_size": 10}, {})
+    # The regularization term counts once, however the data is split, and
+    # the logged loss and metric are those of all the data.
+    cases["irprop+ regularized"] = ("irprop+", {}, {"regularized": True})
+    # Every process takes the same decision to stop, on the global loss:
+    # in the fast loop (`LossGoal`) and epoch by epoch (`EarlyStopping`).
+    cases["irprop+ goal"] = (
+        "irprop+",
+        {"callbacks": [keras_rprop.LossGoal(0.48)]},
+        {},
+    )
+    cases["irprop+ early stopping"] = (
+        "irprop+",
+        {
+            "callbacks": [
+                keras.callbacks.EarlyStopping(
+                    monitor="loss", min_delta=0.025, patience=3
+                )
+            ]
+        },
+        {},
+    )
+    # `model.fit` fails under `MultiWorkerMirroredStrategy`; JAX's global
+    # batch needs local batches of one size.
+    if backend == "torch":
+        cases["irprop+ fit"] = ("irprop+", {}, {"fit": "shards"})
+    if backend == "jax":
+        cases["irprop+ fit"] = ("irprop+", {}, {"fit": "equal"})
     return cases
 
 
@@ -194,13 +239,39 @@ def main():
     result = {"rank": rank, "samples": end - start}
 
     if mode == "train":
-        for name, (variant, arguments) in runs(keras, keras_rprop).items():
+        for name, (variant, arguments, options) in runs(
+            keras, keras_rprop
+        ).items():
             with scope():
-                model = build_model(keras, keras_rprop, variant, rank)
-            keras_rprop.fit_full_batch(
-                model, x, y, epochs=EPOCHS, verbose=0, **arguments
-            )
+                model = build_model(
+                    keras,
+                    keras_rprop,
+                    variant,
+                    rank,
+                    regularized=options.get("regularized", False),
+                )
+            if "fit" in options:
+                fit_x, fit_y = x, y
+                if options["fit"] == "equal":
+                    size = SAMPLES // processes
+                    fit_x, fit_y = data()
+                    fit_x = fit_x[rank * size : (rank + 1) * size]
+                    fit_y = fit_y[rank * size : (rank + 1) * size]
+                keras_rprop.enable_loss(model)
+                history = model.fit(
+                    fit_x,
+                    fit_y,
+                    batch_size=len(fit_x),
+                    epochs=EPOCHS,
+                    shuffle=False,
+                    verbose=0,
+                )
+            else:
+                history = keras_rprop.fit_full_batch(
+                    model, x, y, epochs=EPOCHS, verbose=0, **arguments
+                )
             result[name] = state(keras, model)
+            result[name]["history"] = history.history
 
     elif mode == "die":
 
