@@ -108,10 +108,7 @@ class RpropConfig:
             )
 
 
-# The hyper-parameters besides the variant, and those `apply` reads.
-HYPERPARAMETERS = tuple(
-    field.name for field in dataclasses.fields(RpropConfig)[1:]
-)
+# The hyper-parameters `apply` reads.
 RULE_PARAMETERS = tuple(
     field.name
     for field in dataclasses.fields(RpropConfig)[1:]

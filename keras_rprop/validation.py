@@ -11,36 +11,6 @@ import dataclasses
 from keras_rprop import rule
 
 
-def rule_config(variant, args, kwargs):
-    """Takes the rule's hyper-parameters from the optimizer's arguments.
-
-    Args:
-        variant: The `variant` argument.
-        args: The positional arguments after `variant`: hyper-parameters in
-            the order of `rule.HYPERPARAMETERS`.
-        kwargs: The keyword arguments; those that are hyper-parameters are
-            removed from it.
-
-    Returns:
-        The checked `rule.RpropConfig`.
-    """
-    names = rule.HYPERPARAMETERS
-    if len(args) > len(names):
-        raise TypeError(
-            f"Rprop takes at most {len(names)} hyper-parameters {names} "
-            f"after `variant` by position. Received: {args!r}"
-        )
-    given = dict(zip(names, args, strict=False))
-    for name in names:
-        if name in kwargs:
-            if name in given:
-                raise TypeError(
-                    f"Rprop got multiple values for argument {name!r}"
-                )
-            given[name] = kwargs.pop(name)
-    return rule.RpropConfig(variant=variant, **given)
-
-
 def expose_config(optimizer_class):
     """Gives the class a property per field of its `config`.
 

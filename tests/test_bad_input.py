@@ -4,6 +4,8 @@ The matrix (input, behaviour, test) is in `docs/robustness.md`. No case may
 change weights or optimizer state silently.
 """
 
+import dataclasses
+import inspect
 import math
 import os
 import re
@@ -530,3 +532,12 @@ def test_checkpoint_of_another_optimizer_is_not_loaded(tmp_path):
     with pytest.warns(UserWarning, match="Skipping variable loading"):
         model.load_weights(path)
     assert_same_state(before, state(model.optimizer))
+
+
+def test_signature_defaults_are_the_configs():
+    # The optimizer spells its hyper-parameters out for `help()`; the
+    # checked config is where their defaults are defined.
+    defaults = keras_rprop.RpropConfig()
+    parameters = inspect.signature(keras_rprop.Rprop).parameters
+    for field in dataclasses.fields(defaults):
+        assert parameters[field.name].default == getattr(defaults, field.name)

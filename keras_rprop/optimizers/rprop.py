@@ -48,13 +48,18 @@ class Rprop(keras.optimizers.Optimizer):
     Args:
         variant: One of `"rprop+"`, `"rprop-"`, `"irprop+"`, `"irprop-"`.
             Defaults to `"irprop-"`, which needs no loss.
-        *hyperparameters: The rule's other hyper-parameters, `initial_step`,
-            `eta_minus`, `eta_plus`, `min_step` and `max_step`, in this
-            order or by keyword, with the meaning, range and
-            default their `keras_rprop.RpropConfig` field documents: step
-            sizes start at `initial_step` (0.1), shrink by `eta_minus`
-            (0.5) and grow by `eta_plus` (1.2) within `[min_step, max_step]`
-            (`[1e-6, 50.0]`).
+        initial_step: Float, the initial step size of every weight
+            (Delta_0), > 0 and within `[min_step, max_step]`. Defaults to
+            `0.1` (Riedmiller & Braun, 1993, who call the choice "rather
+            uncritical").
+        eta_minus: Float in (0, 1), the factor by which a step size shrinks
+            after its gradient changed sign. Defaults to `0.5`.
+        eta_plus: Float > 1, the factor by which a step size grows while
+            the sign holds. Defaults to `1.2`.
+        min_step: Float >= 0, the lower bound of the step sizes. Defaults
+            to `1e-6`.
+        max_step: Float > 0, the upper bound of the step sizes. Defaults to
+            `50.0`.
         learning_rate: A float, a
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a
             callable that takes no arguments and returns the value to use.
@@ -102,7 +107,11 @@ class Rprop(keras.optimizers.Optimizer):
     def __init__(
         self,
         variant=rule.IRPROP_MINUS,
-        *hyperparameters,
+        initial_step=0.1,
+        eta_minus=0.5,
+        eta_plus=1.2,
+        min_step=1e-6,
+        max_step=50.0,
         learning_rate=1.0,
         fused=None,
         weight_decay=None,
@@ -117,7 +126,14 @@ class Rprop(keras.optimizers.Optimizer):
         name="rprop",
         **kwargs,
     ):
-        config = validation.rule_config(variant, hyperparameters, kwargs)
+        config = rule.RpropConfig(
+            variant=variant,
+            initial_step=initial_step,
+            eta_minus=eta_minus,
+            eta_plus=eta_plus,
+            min_step=min_step,
+            max_step=max_step,
+        )
         super().__init__(
             learning_rate=validation.float_learning_rate(learning_rate),
             name=name,
