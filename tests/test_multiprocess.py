@@ -175,7 +175,7 @@ def test_shards_in_processes_train_as_one_process(tmp_path):
             # process as in one process.
             assert len(expected["history"]["loss"]) < child.EPOCHS, name
         if options.get("regularized"):
-            assert sorted(expected["history"]) == ["loss", "mae"], name
+            assert {"loss", "mae"} <= set(expected["history"]), name
         if variant == "irprop+":
             # The loss iRprop+ compares is the loss of all the data, the
             # same in every process.

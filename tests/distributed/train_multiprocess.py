@@ -71,7 +71,7 @@ def shard_bounds(processes):
 
 
 def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
-    """The model of every run; `regularized` adds an L2 term and a metric."""
+    """The model of every run; `regularized` adds an L2 term and metrics."""
     model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
@@ -90,10 +90,17 @@ def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
         # processes (its variables are global arrays).
         rank = 0
     model.set_weights(initial_weights(rank))
+    metrics, weighted_metrics = None, None
+    if regularized:
+        weighted_metrics = ["mae"]
+        if keras.backend.backend() != "jax":
+            # On JAX the padding of the shards counts in unweighted metrics.
+            metrics = ["mse"]
     model.compile(
         optimizer=keras_rprop.Rprop(variant),
         loss="mse",
-        metrics=["mae"] if regularized else None,
+        metrics=metrics,
+        weighted_metrics=weighted_metrics,
     )
     return model
 
