@@ -12,10 +12,11 @@ gradients and the dtype of the stored signs.
 """
 
 import dataclasses
+import math
+import numbers
+import types
 
 import keras
-
-from keras_rprop import validation
 
 RPROP_PLUS = "rprop+"
 RPROP_MINUS = "rprop-"
@@ -27,6 +28,21 @@ VARIANTS = (RPROP_PLUS, RPROP_MINUS, IRPROP_PLUS, IRPROP_MINUS)
 # Variants that revert the previous move of a weight whose gradient changed
 # sign. They are the ones for which the previous learning rate matters.
 BACKTRACKING_VARIANTS = (RPROP_PLUS, IRPROP_PLUS)
+
+
+def _hyperparameter(default, must_be=None, holds=None, rule=True):
+    """A field of `RpropConfig`: a real number, checked when made.
+
+    Args:
+        default: Its default value.
+        must_be: The range it must lie in, in words ("> 1"), for the error.
+        holds: A function of the value that is True inside that range.
+        rule: Whether `apply` reads it.
+    """
+    return dataclasses.field(
+        default=default,
+        metadata={"must_be": must_be, "holds": holds, "rule": rule},
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,30 +66,85 @@ class RpropConfig:
     """
 
     variant: str = IRPROP_MINUS
+    # The optimizers take every field by keyword, and by position in this
+    # order after `variant`: a new one goes last.
     # Riedmiller & Braun (1993) start every step size at 0.1 and call the
     # choice "rather uncritical"; SNNS, FANN and Encog use it too.
-    initial_step: float = dataclasses.field(
-        default=0.1, metadata={"rule": False}
+    initial_step: float = _hyperparameter(0.1, rule=False)
+    eta_minus: float = _hyperparameter(
+        0.5, "in the open interval (0, 1)", lambda value: 0.0 < value < 1.0
     )
-    eta_minus: float = 0.5
-    eta_plus: float = 1.2
-    min_step: float = 1e-6
-    max_step: float = 50.0
+    eta_plus: float = _hyperparameter(1.2, "> 1", lambda value: value > 1.0)
+    min_step: float = _hyperparameter(1e-6, ">= 0", lambda value: value >= 0)
+    max_step: float = _hyperparameter(50.0, "> 0", lambda value: value > 0)
 
     def __post_init__(self):
-        checked = validation.check_config(
-            dataclasses.asdict(self), variants=VARIANTS
-        )
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
+        set_field = object.__setattr__
+        set_field(self, "variant", check_variant(self.variant))
+        for field in dataclasses.fields(self)[1:]:
+            value = check_real(field.name, getattr(self, field.name))
+            holds = field.metadata["holds"]
+            if holds is not None and not holds(value):
+                raise ValueError(
+                    f"Argument `{field.name}` must be "
+                    f"{field.metadata['must_be']}. "
+                    f"Received: {field.name}={value}"
+                )
+            set_field(self, field.name, value)
+        if self.min_step > self.max_step:
+            raise ValueError(
+                "Argument `min_step` must be <= `max_step`. "
+                f"Received: min_step={self.min_step}, "
+                f"max_step={self.max_step}"
+            )
+        if (
+            not self.min_step <= self.initial_step <= self.max_step
+            or self.initial_step <= 0.0
+        ):
+            raise ValueError(
+                "Argument `initial_step` must be > 0 and within "
+                f"[min_step, max_step] = [{self.min_step}, {self.max_step}]. "
+                f"Received: initial_step={self.initial_step}"
+            )
 
 
-# The hyper-parameters that `apply` reads, besides the variant.
+# The hyper-parameters besides the variant, and those `apply` reads.
+HYPERPARAMETERS = tuple(
+    field.name for field in dataclasses.fields(RpropConfig)[1:]
+)
 RULE_PARAMETERS = tuple(
     field.name
-    for field in dataclasses.fields(RpropConfig)
-    if field.name != "variant" and field.metadata.get("rule", True)
+    for field in dataclasses.fields(RpropConfig)[1:]
+    if field.metadata["rule"]
 )
+
+
+def check_variant(variant):
+    """Returns `variant` in lower case, or raises if it is not one of them."""
+    if not isinstance(variant, str) or variant.lower() not in VARIANTS:
+        raise ValueError(
+            f"Argument `variant` must be one of {VARIANTS}. "
+            f"Received: variant={variant!r}"
+        )
+    return variant.lower()
+
+
+def check_real(name, value):
+    """Returns `value` as a float, or raises if it is not a finite real."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"Argument `{name}` must be a real number. "
+            f"Received: {name}={value!r} (of type {type(value).__name__})"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"Argument `{name}` must be finite. Received: {name}={value!r}"
+        )
+    return value
+
+
+_DEFAULTS = RpropConfig()
 
 
 def apply(
@@ -168,14 +239,11 @@ def rprop_update(
     step,
     *,
     variant,
-    eta_minus,
-    eta_plus,
-    min_step,
-    max_step,
     learning_rate=1.0,
     previous_learning_rate=1.0,
     loss_increased=None,
     sign_dtype=None,
+    **hyperparameters,
 ):
     """Computes one Rprop update for one tensor, as the papers state it.
 
@@ -193,10 +261,6 @@ def rprop_update(
             and right after a sign change in the variants that freeze.
         step: The step sizes used for the previous move (Delta in the papers).
         variant: One of `VARIANTS`.
-        eta_minus: Factor applied to the step size on a sign change.
-        eta_plus: Factor applied to the step size while the sign holds.
-        min_step: Lower bound of the step sizes.
-        max_step: Upper bound of the step sizes.
         learning_rate: Scalar multiplying the applied move; 1.0 is the papers'
             rule.
         previous_learning_rate: The learning rate of the previous step, so
@@ -206,6 +270,10 @@ def rprop_update(
         sign_dtype: If given, `new_sign` is computed in this dtype from
             comparisons, and is 0 for a NaN gradient. By default it is the
             gradient's float sign.
+        **hyperparameters: Those of `RULE_PARAMETERS` (`eta_minus`,
+            `eta_plus`, `min_step`, `max_step`) by keyword, with the
+            meaning and default `RpropConfig` gives them; they are not
+            checked here.
 
     Returns:
         A tuple `(move, new_sign, new_step)`: the increment to add to the
@@ -218,7 +286,17 @@ def rprop_update(
         )
     if sign_dtype is not None:
         sign_dtype = keras.backend.standardize_dtype(sign_dtype)
-    config = _Unchecked(variant, eta_minus, eta_plus, min_step, max_step)
+    unknown = set(hyperparameters) - set(RULE_PARAMETERS)
+    if unknown:
+        raise TypeError(
+            f"rprop_update() takes the hyper-parameters {RULE_PARAMETERS}. "
+            f"Received: {tuple(sorted(unknown))}"
+        )
+    config = types.SimpleNamespace(
+        variant=variant,
+        **{name: getattr(_DEFAULTS, name) for name in RULE_PARAMETERS},
+    )
+    vars(config).update(hyperparameters)
     return _rule(
         keras.ops,
         gradient,
@@ -230,15 +308,6 @@ def rprop_update(
         loss_increased=loss_increased,
         sign_dtype=sign_dtype,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Unchecked:
-    variant: str
-    eta_minus: float
-    eta_plus: float
-    min_step: float
-    max_step: float
 
 
 def _rule(

@@ -1,90 +1,95 @@
-"""Checks of the optimizer's arguments, with errors that say what is wrong."""
+"""What the two `Rprop` classes share: their arguments and their checks.
 
-import math
-import numbers
+`keras_rprop.Rprop` (Keras 3) and `keras_rprop.tf_keras.Rprop` (Keras 2)
+take the same arguments and reject the same bad input with the same
+errors. This module holds that part in plain Python; each class converts
+its framework's tensors and shapes before calling it.
+"""
 
-import keras
-from keras import ops
+import dataclasses
 
-
-def check_variant(variant, variants):
-    """Returns `variant` in lower case, or raises if it is not one of them."""
-    if not isinstance(variant, str) or variant.lower() not in variants:
-        raise ValueError(
-            f"Argument `variant` must be one of {variants}. "
-            f"Received: variant={variant!r}"
-        )
-    return variant.lower()
+from keras_rprop import rule
 
 
-def check_config(config, variants):
-    """Checks the fields of an `RpropConfig`; returns them as a new dict.
+def rule_config(variant, args, kwargs):
+    """Takes the rule's hyper-parameters from the optimizer's arguments.
 
     Args:
-        config: A dict of the fields.
-        variants: The names a variant may take.
+        variant: The `variant` argument.
+        args: The positional arguments after `variant`: hyper-parameters in
+            the order of `rule.HYPERPARAMETERS`.
+        kwargs: The keyword arguments; those that are hyper-parameters are
+            removed from it.
+
+    Returns:
+        The checked `rule.RpropConfig`.
     """
-    config = dict(config)
-    config["variant"] = check_variant(config["variant"], variants)
-    names = ("initial_step", "eta_minus", "eta_plus", "min_step", "max_step")
-    values = check_hyperparameters(*(config[name] for name in names))
-    config.update(zip(names, values, strict=True))
-    return config
+    names = rule.HYPERPARAMETERS
+    if len(args) > len(names):
+        raise TypeError(
+            f"Rprop takes at most {len(names)} hyper-parameters {names} "
+            f"after `variant` by position. Received: {args!r}"
+        )
+    given = dict(zip(names, args, strict=False))
+    for name in names:
+        if name in kwargs:
+            if name in given:
+                raise TypeError(
+                    f"Rprop got multiple values for argument {name!r}"
+                )
+            given[name] = kwargs.pop(name)
+    return rule.RpropConfig(variant=variant, **given)
 
 
-def check_real(name, value):
-    """Returns `value` as a float, or raises if it is not a finite real."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"Argument `{name}` must be a real number. "
-            f"Received: {name}={value!r} (of type {type(value).__name__})"
-        )
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(
-            f"Argument `{name}` must be finite. Received: {name}={value!r}"
-        )
-    return value
+def expose_config(optimizer_class):
+    """Gives the class a property per field of its `config`.
+
+    `optimizer.eta_plus` and the like, as Keras optimizers expose theirs.
+    Setting one replaces `config` with a checked copy holding the new value.
+    """
+    for field in dataclasses.fields(rule.RpropConfig):
+        setattr(optimizer_class, field.name, _read_config(field.name))
+    return optimizer_class
 
 
-def check_hyperparameters(
-    initial_step, eta_minus, eta_plus, min_step, max_step
-):
-    """Validates the Rprop hyper-parameters and returns them as floats."""
-    initial_step = check_real("initial_step", initial_step)
-    eta_minus = check_real("eta_minus", eta_minus)
-    eta_plus = check_real("eta_plus", eta_plus)
-    min_step = check_real("min_step", min_step)
-    max_step = check_real("max_step", max_step)
-    if not 0.0 < eta_minus < 1.0:
+def _read_config(name):
+    def set_field(self, value):
+        self.config = dataclasses.replace(self.config, **{name: value})
+
+    return property(
+        lambda self: getattr(self.config, name),
+        set_field,
+        doc=f"The `{name}` of the optimizer's `RpropConfig`.",
+    )
+
+
+def one_variant(class_name, variant, given, rprop_name):
+    """The variant of a named class, which `given` must name.
+
+    Args:
+        class_name: The named class, `"RpropPlus"` say.
+        variant: Its variant.
+        given: The `variant` argument it received.
+        rprop_name: The general class to point to for another variant.
+    """
+    if rule.check_variant(given) != variant:
         raise ValueError(
-            "Argument `eta_minus` must be in the open interval (0, 1). "
-            f"Received: eta_minus={eta_minus}"
+            f"`{class_name}` is the {variant!r} variant; use "
+            f"`{rprop_name}(variant={given!r})` for another one. "
+            f"Received: variant={given!r}"
         )
-    if not eta_plus > 1.0:
-        raise ValueError(
-            f"Argument `eta_plus` must be > 1. Received: eta_plus={eta_plus}"
-        )
-    if min_step < 0.0:
-        raise ValueError(
-            f"Argument `min_step` must be >= 0. Received: min_step={min_step}"
-        )
-    if not max_step > 0.0:
-        raise ValueError(
-            f"Argument `max_step` must be > 0. Received: max_step={max_step}"
-        )
-    if min_step > max_step:
-        raise ValueError(
-            "Argument `min_step` must be <= `max_step`. "
-            f"Received: min_step={min_step}, max_step={max_step}"
-        )
-    if not min_step <= initial_step <= max_step or initial_step <= 0.0:
-        raise ValueError(
-            "Argument `initial_step` must be > 0 and within "
-            f"[min_step, max_step] = [{min_step}, {max_step}]. "
-            f"Received: initial_step={initial_step}"
-        )
-    return initial_step, eta_minus, eta_plus, min_step, max_step
+    return variant
+
+
+def float_learning_rate(learning_rate):
+    """`learning_rate` as given, but a Python int as a float.
+
+    Keras rejects ints; `learning_rate=1` is a natural thing to write for a
+    multiplier that defaults to 1.0.
+    """
+    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+        return float(learning_rate)
+    return learning_rate
 
 
 def check_fused(fused):
@@ -96,26 +101,33 @@ def check_fused(fused):
     return fused
 
 
-def check_gradient_shapes(grads, trainable_variables):
-    """Raises if a gradient's shape is not its variable's."""
+def check_float_variable(is_float, name, dtype):
+    """Raises unless the variable `name` has a floating-point dtype."""
+    # A move of a fraction of a step would be truncated away (or be
+    # meaningless for booleans) without any error.
+    if not is_float:
+        raise ValueError(
+            "Rprop can only train floating-point variables. "
+            f"Received: variable {name!r} with dtype {dtype}"
+        )
+
+
+def check_gradient_shapes(shapes):
+    """Raises if a gradient's shape is not its variable's.
+
+    Args:
+        shapes: `(gradient_shape, variable_shape, variable_name)` triples,
+            the shapes as tuples of ints (None where unknown).
+    """
     # Without this check a gradient of shape (1,) would silently
     # broadcast over a variable of shape (3,).
-    if trainable_variables is None:
-        return
-    if len(grads) != len(trainable_variables):
-        return  # Keras raises its own error for a count mismatch.
-    for grad, variable in zip(grads, trainable_variables, strict=True):
-        if grad is None:
-            continue
-        grad_shape = tuple(grad.shape)
-        variable_shape = tuple(variable.shape)
+    for grad_shape, variable_shape, name in shapes:
         if grad_shape == variable_shape:
             continue
         if len(grad_shape) != len(variable_shape) or any(
             g is not None and v is not None and g != v
             for g, v in zip(grad_shape, variable_shape, strict=True)
         ):
-            name = getattr(variable, "path", getattr(variable, "name", ""))
             raise ValueError(
                 "Each gradient must have the shape of its variable. "
                 f"Received: gradient of shape {grad_shape} for variable "
@@ -123,39 +135,64 @@ def check_gradient_shapes(grads, trainable_variables):
             )
 
 
-def check_loss(loss, needs_loss):
-    """Returns `loss` as a float32 scalar tensor, or None.
+def check_loss(loss, needs_loss, convert_to_tensor, how_to_pass):
+    """Returns `loss` as a scalar tensor, or None.
 
-    Raises if it is not a scalar, or is None where `needs_loss`.
+    Args:
+        loss: The `loss` argument.
+        needs_loss: Whether a loss is required (for `"irprop+"`).
+        convert_to_tensor: The framework's conversion, which raises on a
+            value it cannot convert.
+        how_to_pass: The sentences saying how to pass the loss, for the
+            error on a missing one.
+
+    Raises:
+        ValueError: for a missing loss where `needs_loss`, or one that is
+            not a scalar number or tensor.
     """
     if loss is None:
         if needs_loss:
             raise ValueError(
                 "The 'irprop+' variant compares the loss of consecutive "
-                "steps, but no loss was given. Pass it as "
-                "`optimizer.apply(grads, variables, loss=loss)` or "
-                "`optimizer.stateless_apply(..., loss=loss)`; with "
-                "`model.fit`, call `keras_rprop.enable_loss(model)` "
-                "after `model.compile(...)`. Received: loss=None"
+                f"steps, but no loss was given. {how_to_pass} "
+                "Received: loss=None"
             )
         return None
     if isinstance(loss, (str, bytes, bool)) or loss is ...:
-        raise ValueError(
-            "Argument `loss` must be a scalar number or tensor. "
-            f"Received: loss={loss!r}"
-        )
+        raise not_a_number(loss)
     try:
-        tensor = ops.convert_to_tensor(loss)
+        tensor = convert_to_tensor(loss)
     except Exception as error:
-        raise ValueError(
-            "Argument `loss` must be a scalar number or tensor. "
-            f"Received: loss={loss!r}"
-        ) from error
-    if len(tensor.shape) != 0:
+        raise not_a_number(loss) from error
+    rank = getattr(tensor.shape, "rank", None)
+    if (len(tensor.shape) if rank is None else rank) != 0:
         raise ValueError(
             "Argument `loss` must be a scalar (a tensor of shape ()). "
             f"Received: loss with shape {tuple(tensor.shape)}"
         )
-    if "float" not in keras.backend.standardize_dtype(tensor.dtype):
-        tensor = ops.cast(tensor, "float32")
-    return ops.cast(ops.stop_gradient(tensor), "float32")
+    return tensor
+
+
+def not_a_number(loss):
+    """The error for a `loss` that is not a scalar number or tensor."""
+    return ValueError(
+        "Argument `loss` must be a scalar number or tensor. "
+        f"Received: loss={loss!r}"
+    )
+
+
+def clip_step_sizes(steps, config, clip):
+    """Clips the step sizes to `[config.min_step, config.max_step]`.
+
+    A state saved with other `min_step` / `max_step` can hold step sizes
+    outside the bounds; the rule clips a step size only when it grows or
+    shrinks, so a loaded state is clipped once.
+
+    Args:
+        steps: The step-size variables (None for a variable without them).
+        config: The optimizer's `rule.RpropConfig`.
+        clip: The framework's `clip(x, low, high)`.
+    """
+    for step in steps:
+        if step is not None:
+            step.assign(clip(step, config.min_step, config.max_step))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import keras_rprop
+from tests import helpers
 
 EPOCHS = 12
 
@@ -28,18 +29,7 @@ def make_data(samples=40):
 
 
 def make_model(variant="irprop+", metrics=("mae",), **optimizer_kwargs):
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(
-                6,
-                activation="tanh",
-                kernel_regularizer=keras.regularizers.L2(0.01),
-            ),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = helpers.tanh_model(hidden=6)
     model.compile(
         optimizer=keras_rprop.Rprop(variant, **optimizer_kwargs),
         loss="mse",

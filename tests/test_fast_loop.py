@@ -10,28 +10,15 @@ import numpy as np
 import pytest
 
 import keras_rprop
+from tests import helpers
 
 
 def make_data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 3)).astype("float32")
-    y = np.sin(x.sum(axis=1, keepdims=True)).astype("float32")
-    return x, y
+    return helpers.sine_data()
 
 
 def make_model(variant):
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(
-                4,
-                activation="tanh",
-                kernel_regularizer=keras.regularizers.L2(0.01),
-            ),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = helpers.tanh_model()
     model.compile(optimizer=keras_rprop.Rprop(variant), loss="mse")
     return model
 

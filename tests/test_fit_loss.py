@@ -1,9 +1,9 @@
 """`keras_rprop.enable_loss`: iRprop+ inside `model.fit`.
 
-The reference is iRprop+ written in float64 NumPy from Igel & Huesken's
-pseudo-code, on a linear least-squares model whose gradient is written out
-by hand, with an L2 penalty so that the loss the optimizer must see includes
-a regularization term.
+The reference is the float64 NumPy iRprop+ of `tests/reference.py`, on a
+linear least-squares model whose gradient is written out by hand, with an L2
+penalty so that the loss the optimizer must see includes a regularization
+term.
 """
 
 import keras
@@ -11,52 +11,34 @@ import numpy as np
 import pytest
 
 import keras_rprop
+from tests.reference import ReferenceRprop
 
 L2 = 0.3
 STEPS = 20
 
 
-def numpy_irprop_plus(x, y, w, b, steps, reg_in_loss=True):
-    """iRprop+ on `mean((x @ w + b - y) ** 2) + L2 * sum(w ** 2)`."""
+def reference_irprop_plus(x, y, w, b, steps, reg_in_loss=True):
+    """iRprop+ on `mean((x @ w + b - y) ** 2) + L2 * sum(w ** 2)`.
+
+    Returns the final `[w, b]`, the `ReferenceRprop` (which counts the
+    steps that reverted moves) and the loss of every step.
+    """
     x, y = x.astype(np.float64), y.astype(np.float64)
     params = [w.astype(np.float64), b.astype(np.float64)]
-    step_sizes = [np.full_like(p, 0.1) for p in params]
-    signs = [np.zeros_like(p) for p in params]
-    last_moves = [np.zeros_like(p) for p in params]
-    previous_loss, reverts, losses = np.inf, 0, []
+    rprop = ReferenceRprop("irprop+", [p.shape for p in params])
+    losses = []
     for _ in range(steps):
         w, b = params
         residual = x @ w + b - y
         penalty = L2 * np.sum(w**2)
         losses.append(np.mean(residual**2) + penalty)
-        loss = losses[-1] if reg_in_loss else losses[-1] - penalty
         grads = [
             2.0 / len(x) * x.T @ residual + 2.0 * L2 * w,
             2.0 / len(x) * residual.sum(axis=0),
         ]
-        for i, grad in enumerate(grads):
-            product = np.sign(grad) * signs[i]
-            step_sizes[i] = np.where(
-                product > 0,
-                np.minimum(step_sizes[i] * 1.2, 50.0),
-                np.where(
-                    product < 0,
-                    np.maximum(step_sizes[i] * 0.5, 1e-6),
-                    step_sizes[i],
-                ),
-            )
-            revert = (product < 0) & (loss > previous_loss)
-            reverts += int(revert.sum())
-            move = np.where(
-                product < 0,
-                np.where(revert, -last_moves[i], 0.0),
-                -np.sign(grad) * step_sizes[i],
-            )
-            signs[i] = np.where(product < 0, 0.0, np.sign(grad))
-            params[i] = params[i] + move
-            last_moves[i] = move
-        previous_loss = loss
-    return params, reverts, losses
+        loss = losses[-1] if reg_in_loss else losses[-1] - penalty
+        params = rprop.step(params, grads, loss=loss)
+    return params, rprop, losses
 
 
 def make_data():
@@ -113,9 +95,9 @@ def test_reference_needs_the_regularization_loss():
     # Guards the test below: with the penalty left out of the loss, iRprop+
     # makes different decisions on this problem.
     x, y, w, b = make_data()
-    with_penalty, reverts, _ = numpy_irprop_plus(x, y, w, b, STEPS)
-    without, _, _ = numpy_irprop_plus(x, y, w, b, STEPS, reg_in_loss=False)
-    assert reverts > 0
+    with_penalty, rprop, _ = reference_irprop_plus(x, y, w, b, STEPS)
+    without, _, _ = reference_irprop_plus(x, y, w, b, STEPS, reg_in_loss=False)
+    assert rprop.sign_change_steps_loss_rose > 0
     assert np.abs(with_penalty[0] - without[0]).max() > 1e-3
 
 
@@ -130,7 +112,7 @@ def test_reference_needs_the_regularization_loss():
 )
 def test_fit_matches_reference(kind, run_eagerly):
     x, y, w, b = make_data()
-    expected, _, losses = numpy_irprop_plus(x, y, w, b, STEPS)
+    expected, _, losses = reference_irprop_plus(x, y, w, b, STEPS)
     model, history = fit_irprop_plus(kind, run_eagerly=run_eagerly)
     kernel, bias = model.get_weights()
     np.testing.assert_allclose(kernel, expected[0], rtol=1e-5, atol=1e-6)
@@ -140,7 +122,7 @@ def test_fit_matches_reference(kind, run_eagerly):
 
 def test_loss_scale_optimizer_passes_the_unscaled_loss():
     x, y, w, b = make_data()
-    expected, _, losses = numpy_irprop_plus(x, y, w, b, STEPS)
+    expected, _, losses = reference_irprop_plus(x, y, w, b, STEPS)
     optimizer = keras.optimizers.LossScaleOptimizer(
         keras_rprop.Rprop("irprop+"), initial_scale=2.0**10
     )
@@ -194,7 +176,9 @@ def test_fit_after_the_missing_loss_error_trains_as_if_it_never_happened(
         x, y, batch_size=len(x), epochs=STEPS, shuffle=False, verbose=0
     )
     expected, expected_history = fit_irprop_plus(kind)
-    for got, want in zip(model.get_weights(), expected.get_weights()):
+    for got, want in zip(
+        model.get_weights(), expected.get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(
         history.history["loss"], expected_history.history["loss"]

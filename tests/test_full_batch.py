@@ -13,31 +13,18 @@ import numpy as np
 import pytest
 
 import keras_rprop
+from tests import helpers
 
 SAMPLES, CHUNK, EPOCHS = 23, 5, 20
 L2 = 0.01
 
 
 def make_data():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(SAMPLES, 3)).astype("float32")
-    y = np.sin(x.sum(axis=1, keepdims=True)).astype("float32")
-    return x, y
+    return helpers.sine_data(SAMPLES)
 
 
 def make_model(optimizer):
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [
-            keras.Input((3,)),
-            keras.layers.Dense(
-                4,
-                activation="tanh",
-                kernel_regularizer=keras.regularizers.L2(L2),
-            ),
-            keras.layers.Dense(1),
-        ]
-    )
+    model = helpers.tanh_model(l2=L2)
     model.compile(optimizer=optimizer, loss="mse")
     return model
 

@@ -18,10 +18,10 @@ from reference import make_mlp_params
 from reference import make_regression_data
 from reference import mlp_loss_and_grads
 from reference import train_reference
-from training_loops import assert_weights_close
-from training_loops import build_mlp
-from training_loops import float64_precision
-from training_loops import full_batch_steps
+from tests.helpers import assert_weights_close
+from tests.helpers import build_mlp
+from tests.helpers import float64_precision
+from tests.helpers import full_batch_steps
 
 BACKEND = keras.backend.backend()
 

@@ -9,10 +9,11 @@ from reference import make_mlp_params
 from reference import make_regression_data
 from reference import mlp_loss_and_grads
 from reference import train_reference
-from training_loops import assert_weights_close
-from training_loops import build_mlp
-from training_loops import float64_precision
-from training_loops import full_batch_steps
+from tests.helpers import NAMED_CLASSES
+from tests.helpers import assert_weights_close
+from tests.helpers import build_mlp
+from tests.helpers import float64_precision
+from tests.helpers import full_batch_steps
 
 STEPS = 50
 
@@ -83,12 +84,6 @@ def test_fit_matches_reference(float64, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_named_class_matches_reference(float64, variant):
-    classes = {
-        "rprop+": keras_rprop.RpropPlus,
-        "rprop-": keras_rprop.RpropMinus,
-        "irprop+": keras_rprop.IRpropPlus,
-        "irprop-": keras_rprop.IRpropMinus,
-    }
     hyperparameters = dict(
         initial_step=0.05,
         eta_minus=0.4,
@@ -103,7 +98,7 @@ def test_named_class_matches_reference(float64, variant):
     )
 
     model = build_mlp(params)
-    optimizer = classes[variant](**hyperparameters)
+    optimizer = NAMED_CLASSES[variant](**hyperparameters)
     history, _ = full_batch_steps(model, optimizer, x, y, 20)
     for step in range(20):
         assert_weights_close(

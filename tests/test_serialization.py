@@ -9,15 +9,10 @@ import keras_rprop
 from reference import VARIANTS
 from reference import make_mlp_params
 from reference import make_regression_data
-from training_loops import build_mlp
-from training_loops import full_batch_steps
+from tests.helpers import NAMED_CLASSES
+from tests.helpers import build_mlp
+from tests.helpers import full_batch_steps
 
-NAMED = {
-    "rprop+": keras_rprop.RpropPlus,
-    "rprop-": keras_rprop.RpropMinus,
-    "irprop+": keras_rprop.IRpropPlus,
-    "irprop-": keras_rprop.IRpropMinus,
-}
 HYPERPARAMETERS = dict(
     initial_step=0.02, eta_minus=0.4, eta_plus=1.3, min_step=1e-4, max_step=2.0
 )
@@ -64,7 +59,7 @@ def test_config_round_trip_with_schedule():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_named_classes_round_trip(variant):
-    cls = NAMED[variant]
+    cls = NAMED_CLASSES[variant]
     optimizer = cls(**HYPERPARAMETERS)
     assert optimizer.variant == variant
     config = optimizer.get_config()

@@ -15,10 +15,10 @@ from keras import ops
 import keras_rprop
 from reference import make_mlp_params
 from reference import make_regression_data
-from training_loops import assert_weights_close
-from training_loops import build_mlp
-from training_loops import float64_precision
-from training_loops import full_batch_steps
+from tests.helpers import assert_weights_close
+from tests.helpers import build_mlp
+from tests.helpers import float64_precision
+from tests.helpers import full_batch_steps
 
 HYPERPARAMETERS = dict(
     initial_step=0.05, eta_minus=0.5, eta_plus=1.2, min_step=1e-6, max_step=50.0

@@ -11,9 +11,8 @@ from keras_rprop import validation
 from keras_rprop.optimizers import backend_compat
 from keras_rprop.optimizers import fast_paths
 
-_DEFAULTS = rule.RpropConfig()
 
-
+@validation.expose_config
 @keras.saving.register_keras_serializable(package="keras_rprop")
 class Rprop(keras.optimizers.Optimizer):
     """Optimizer that implements Rprop (resilient backpropagation).
@@ -49,13 +48,13 @@ class Rprop(keras.optimizers.Optimizer):
     Args:
         variant: One of `"rprop+"`, `"rprop-"`, `"irprop+"`, `"irprop-"`.
             Defaults to `"irprop-"`, which needs no loss.
-        initial_step: Initial step size of every weight. Defaults to `0.1`.
-        eta_minus: Factor in (0, 1) by which a step size shrinks after a
-            sign change. Defaults to `0.5`.
-        eta_plus: Factor > 1 by which a step size grows while the sign
-            holds. Defaults to `1.2`.
-        min_step: Lower bound (>= 0) of the step sizes. Defaults to `1e-6`.
-        max_step: Upper bound of the step sizes. Defaults to `50.0`.
+        *hyperparameters: The rule's other hyper-parameters, `initial_step`,
+            `eta_minus`, `eta_plus`, `min_step` and `max_step`, in this
+            order or by keyword, with the meaning, range and
+            default their `keras_rprop.RpropConfig` field documents: step
+            sizes start at `initial_step` (0.1), shrink by `eta_minus`
+            (0.5) and grow by `eta_plus` (1.2) within `[min_step, max_step]`
+            (`[1e-6, 50.0]`).
         learning_rate: A float, a
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a
             callable that takes no arguments and returns the value to use.
@@ -102,12 +101,8 @@ class Rprop(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        variant=_DEFAULTS.variant,
-        initial_step=_DEFAULTS.initial_step,
-        eta_minus=_DEFAULTS.eta_minus,
-        eta_plus=_DEFAULTS.eta_plus,
-        min_step=_DEFAULTS.min_step,
-        max_step=_DEFAULTS.max_step,
+        variant=rule.IRPROP_MINUS,
+        *hyperparameters,
         learning_rate=1.0,
         fused=None,
         weight_decay=None,
@@ -122,22 +117,9 @@ class Rprop(keras.optimizers.Optimizer):
         name="rprop",
         **kwargs,
     ):
-        config = rule.RpropConfig(
-            variant=variant,
-            initial_step=initial_step,
-            eta_minus=eta_minus,
-            eta_plus=eta_plus,
-            min_step=min_step,
-            max_step=max_step,
-        )
-        if isinstance(learning_rate, int) and not isinstance(
-            learning_rate, bool
-        ):
-            # Keras rejects ints; `learning_rate=1` is a natural thing to
-            # write for a multiplier that defaults to 1.0.
-            learning_rate = float(learning_rate)
+        config = validation.rule_config(variant, hyperparameters, kwargs)
         super().__init__(
-            learning_rate=learning_rate,
+            learning_rate=validation.float_learning_rate(learning_rate),
             name=name,
             weight_decay=weight_decay,
             clipnorm=clipnorm,
@@ -189,15 +171,11 @@ class Rprop(keras.optimizers.Optimizer):
         self._steps = []
         self._signs = []
         for variable in var_list:
-            if not backend_compat.is_float_dtype(variable.dtype):
-                # A move of a fraction of a step would be truncated away
-                # (or be meaningless for booleans) without any error.
-                raise ValueError(
-                    "Rprop can only train floating-point variables. "
-                    "Received: variable "
-                    f"{getattr(variable, 'path', variable.name)!r} with dtype "
-                    f"{variable.dtype}"
-                )
+            validation.check_float_variable(
+                backend_compat.is_float_dtype(variable.dtype),
+                getattr(variable, "path", variable.name),
+                variable.dtype,
+            )
             if self._overwrite_variable_with_gradient(variable):
                 self._steps.append(None)
                 self._signs.append(None)
@@ -292,11 +270,9 @@ class Rprop(keras.optimizers.Optimizer):
         when it grows or shrinks, so they are clipped here.
         """
         super().load_own_variables(store)
-        for step in getattr(self, "_steps", ()):
-            if step is not None:
-                step.assign(
-                    ops.clip(step, self.config.min_step, self.config.max_step)
-                )
+        validation.clip_step_sizes(
+            getattr(self, "_steps", ()), self.config, ops.clip
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -322,17 +298,22 @@ class Rprop(keras.optimizers.Optimizer):
         grads = list(grads)
         if trainable_variables is not None:
             trainable_variables = list(trainable_variables)
-        validation.check_gradient_shapes(
+        _check_gradient_shapes(
             grads,
             trainable_variables or getattr(self, "_trainable_variables", None),
         )
         if loss is None:
             loss = getattr(self, "_stateless_loss", None)
         loss = validation.check_loss(
-            loss, needs_loss=self.config.variant == rule.IRPROP_PLUS
+            loss,
+            needs_loss=self.config.variant == rule.IRPROP_PLUS,
+            convert_to_tensor=ops.convert_to_tensor,
+            how_to_pass=_HOW_TO_PASS_THE_LOSS,
         )
         if loss is not None:
-            self._record_loss(loss)
+            if "float" not in keras.backend.standardize_dtype(loss.dtype):
+                loss = ops.cast(loss, "float32")
+            self._record_loss(ops.cast(ops.stop_gradient(loss), "float32"))
         return super().apply(grads, trainable_variables)
 
     def apply_gradients(self, grads_and_vars, loss=None):
@@ -382,16 +363,25 @@ class Rprop(keras.optimizers.Optimizer):
         self._current_loss.assign(loss)
 
 
-def _read_config(name):
-    return property(
-        lambda self: getattr(self.config, name),
-        doc=f"The `{name}` of the optimizer's `RpropConfig` (read-only).",
+_HOW_TO_PASS_THE_LOSS = (
+    "Pass it as `optimizer.apply(grads, variables, loss=loss)` or "
+    "`optimizer.stateless_apply(..., loss=loss)`; with `model.fit`, call "
+    "`keras_rprop.enable_loss(model)` after `model.compile(...)`."
+)
+
+
+def _check_gradient_shapes(grads, trainable_variables):
+    if trainable_variables is None or len(grads) != len(trainable_variables):
+        return  # Keras raises its own error for a count mismatch.
+    validation.check_gradient_shapes(
+        (
+            tuple(grad.shape),
+            tuple(variable.shape),
+            getattr(variable, "path", getattr(variable, "name", "")),
+        )
+        for grad, variable in zip(grads, trainable_variables, strict=True)
+        if grad is not None
     )
-
-
-# `optimizer.eta_plus` and the like, as Keras optimizers expose theirs.
-for _field in dataclasses.fields(rule.RpropConfig):
-    setattr(Rprop, _field.name, _read_config(_field.name))
 
 
 def _scalar(name, value, aggregation):
@@ -406,13 +396,9 @@ def _scalar(name, value, aggregation):
 
 
 def _one_variant(class_name, variant, given):
-    if validation.check_variant(given, rule.VARIANTS) != variant:
-        raise ValueError(
-            f"`{class_name}` is the {variant!r} variant; use "
-            f"`keras_rprop.Rprop(variant={given!r})` for another one. "
-            f"Received: variant={given!r}"
-        )
-    return variant
+    return validation.one_variant(
+        class_name, variant, given, "keras_rprop.Rprop"
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_rprop")

@@ -39,6 +39,8 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         for grad, variable in zip(grads, trainable_variables):
             optimizer.update_step(grad, variable, learning_rate)
 
-    tf.function(update_all, jit_compile=True)(
+    # No Python control flow of the update depends on a tensor, so
+    # AutoGraph's rewriting of every function it calls is only tracing time.
+    tf.function(update_all, jit_compile=True, autograph=False)(
         list(grads), tf.convert_to_tensor(learning_rate)
     )

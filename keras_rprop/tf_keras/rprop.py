@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras
 
 from keras_rprop import rule
+from keras_rprop import validation
 
 # The operations `rule.apply` computes with: TensorFlow's own, so that the
 # update does not depend on the backend Keras 3 runs in this process.
@@ -21,9 +22,8 @@ TF_OPS = types.SimpleNamespace(
     convert_to_tensor=tf.convert_to_tensor,
 )
 
-_DEFAULTS = rule.RpropConfig()
 
-
+@validation.expose_config
 @tf_keras.saving.register_keras_serializable(package="keras_rprop")
 class Rprop(tf_keras.optimizers.Optimizer):
     """Optimizer that implements the Rprop family, for `tf_keras` (Keras 2).
@@ -59,14 +59,10 @@ class Rprop(tf_keras.optimizers.Optimizer):
     Args:
         variant: One of `"rprop+"`, `"rprop-"`, `"irprop+"`, `"irprop-"`.
             Defaults to `"irprop-"`.
-        initial_step: Initial step size of every weight (Delta_0). Defaults
-            to `0.1`.
-        eta_minus: Factor in (0, 1) by which a step size shrinks after a
-            sign change. Defaults to `0.5`.
-        eta_plus: Factor > 1 by which a step size grows while the sign
-            holds. Defaults to `1.2`.
-        min_step: Lower bound (>= 0) of the step sizes. Defaults to `1e-6`.
-        max_step: Upper bound of the step sizes. Defaults to `50.0`.
+        *hyperparameters: The rule's other hyper-parameters, `initial_step`,
+            `eta_minus`, `eta_plus`, `min_step` and `max_step`, in this
+            order or by keyword, with the meaning, range and
+            default their `keras_rprop.RpropConfig` field documents.
         learning_rate: A float, a
             `tf_keras.optimizers.schedules.LearningRateSchedule` or a
             callable that takes no arguments and returns the value to use.
@@ -87,12 +83,8 @@ class Rprop(tf_keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        variant=_DEFAULTS.variant,
-        initial_step=_DEFAULTS.initial_step,
-        eta_minus=_DEFAULTS.eta_minus,
-        eta_plus=_DEFAULTS.eta_plus,
-        min_step=_DEFAULTS.min_step,
-        max_step=_DEFAULTS.max_step,
+        variant=rule.IRPROP_MINUS,
+        *hyperparameters,
         learning_rate=1.0,
         weight_decay=None,
         clipnorm=None,
@@ -105,18 +97,8 @@ class Rprop(tf_keras.optimizers.Optimizer):
         name="rprop",
         **kwargs,
     ):
-        config = rule.RpropConfig(
-            variant=variant,
-            initial_step=initial_step,
-            eta_minus=eta_minus,
-            eta_plus=eta_plus,
-            min_step=min_step,
-            max_step=max_step,
-        )
-        if isinstance(learning_rate, int) and not isinstance(
-            learning_rate, bool
-        ):
-            learning_rate = float(learning_rate)
+        config = validation.rule_config(variant, hyperparameters, kwargs)
+        learning_rate = validation.float_learning_rate(learning_rate)
         super().__init__(
             name=name,
             weight_decay=weight_decay,
@@ -183,12 +165,9 @@ class Rprop(tf_keras.optimizers.Optimizer):
         self._signs = []
         for variable in var_list:
             dtype = getattr(variable, "true_dtype", variable.dtype)
-            if not dtype.is_floating:
-                raise ValueError(
-                    "Rprop can only train floating-point variables. "
-                    f"Received: variable {variable.name!r} with dtype "
-                    f"{dtype.name}"
-                )
+            validation.check_float_variable(
+                dtype.is_floating, variable.name, dtype.name
+            )
             step_dtype = tf.float32 if dtype.size < 4 else dtype
             self._steps.append(
                 self._add_slot(variable, "step", step_dtype, self.initial_step)
@@ -254,7 +233,15 @@ class Rprop(tf_keras.optimizers.Optimizer):
             The `iterations` variable, incremented.
         """
         grads_and_vars = list(grads_and_vars)
-        _check_gradient_shapes(grads_and_vars)
+        validation.check_gradient_shapes(
+            (
+                tuple(tf.TensorShape(grad.shape).as_list()),
+                tuple(variable.shape.as_list()),
+                variable.name,
+            )
+            for grad, variable in grads_and_vars
+            if grad is not None
+        )
         if loss is not None or not self._loss_blocks[0]:
             loss = self._check_loss(loss)
             if loss is not None:
@@ -309,40 +296,16 @@ class Rprop(tf_keras.optimizers.Optimizer):
                 self._loss_blocks[0] -= 1
 
     def _check_loss(self, loss):
-        if loss is None:
-            if self.variant == rule.IRPROP_PLUS:
-                raise ValueError(
-                    "The 'irprop+' variant compares the loss of consecutive "
-                    "steps, but no loss was given. Pass it as "
-                    "`optimizer.apply_gradients(grads_and_vars, loss=loss)` "
-                    "or call `optimizer.minimize(loss, variables, tape)`; "
-                    "`model.fit` does so, and under mixed precision needs "
-                    "`keras_rprop.tf_keras.enable_loss(model)` after "
-                    "`model.compile(...)`. Received: loss=None"
-                )
-            return None
-        if isinstance(loss, (str, bytes, bool)) or loss is ...:
-            raise ValueError(
-                "Argument `loss` must be a scalar number or tensor. "
-                f"Received: loss={loss!r}"
-            )
-        try:
-            tensor = tf.convert_to_tensor(loss)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                "Argument `loss` must be a scalar number or tensor. "
-                f"Received: loss={loss!r}"
-            ) from error
-        if tensor.shape.rank != 0:
-            raise ValueError(
-                "Argument `loss` must be a scalar (a tensor of shape ()). "
-                f"Received: loss with shape {tuple(tensor.shape)}"
-            )
-        if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
-            raise ValueError(
-                "Argument `loss` must be a scalar number or tensor. "
-                f"Received: loss={loss!r}"
-            )
+        tensor = validation.check_loss(
+            loss,
+            needs_loss=self.variant == rule.IRPROP_PLUS,
+            convert_to_tensor=tf.convert_to_tensor,
+            how_to_pass=_HOW_TO_PASS_THE_LOSS,
+        )
+        if tensor is not None and not (
+            tensor.dtype.is_floating or tensor.dtype.is_integer
+        ):
+            raise validation.not_a_number(loss)
         return tensor
 
     # -- The update --------------------------------------------------------
@@ -378,11 +341,9 @@ class Rprop(tf_keras.optimizers.Optimizer):
         sign_variable.assign(new_sign)
 
     def _clip_steps(self):
-        # A state saved with other `min_step` / `max_step` can hold step
-        # sizes outside `[min_step, max_step]`; the rule clips a step size
-        # only when it grows or shrinks.
-        for step in getattr(self, "_steps", ()):
-            step.assign(tf.clip_by_value(step, self.min_step, self.max_step))
+        validation.clip_step_sizes(
+            getattr(self, "_steps", ()), self.config, tf.clip_by_value
+        )
 
     def load_own_variables(self, store):
         """Loads the state, then clips the step sizes to the bounds."""
@@ -407,48 +368,18 @@ class Rprop(tf_keras.optimizers.Optimizer):
         return config
 
 
-def _read_config(name):
-    return property(
-        lambda self: getattr(self.config, name),
-        doc=f"The `{name}` of the optimizer's `RpropConfig` (read-only).",
-    )
-
-
-# `optimizer.eta_plus` and the like, as `tf_keras` optimizers expose theirs.
-for _field in dataclasses.fields(rule.RpropConfig):
-    setattr(Rprop, _field.name, _read_config(_field.name))
-
-
-def _check_gradient_shapes(grads_and_vars):
-    # Without this check a gradient of shape (1,) would silently broadcast
-    # over a variable of shape (3,).
-    for grad, variable in grads_and_vars:
-        if grad is None:
-            continue
-        grad_shape = tuple(tf.TensorShape(grad.shape).as_list())
-        variable_shape = tuple(variable.shape.as_list())
-        if grad_shape == variable_shape:
-            continue
-        if len(grad_shape) != len(variable_shape) or any(
-            g is not None and v is not None and g != v
-            for g, v in zip(grad_shape, variable_shape)
-        ):
-            raise ValueError(
-                "Each gradient must have the shape of its variable. "
-                f"Received: gradient of shape {grad_shape} for variable "
-                f"{variable.name!r} of shape {variable_shape}"
-            )
+_HOW_TO_PASS_THE_LOSS = (
+    "Pass it as `optimizer.apply_gradients(grads_and_vars, loss=loss)` or "
+    "call `optimizer.minimize(loss, variables, tape)`; `model.fit` does so, "
+    "and under mixed precision needs "
+    "`keras_rprop.tf_keras.enable_loss(model)` after `model.compile(...)`."
+)
 
 
 def _one_variant(class_name, variant, given):
-    """The variant of a named class, which `given` must name."""
-    if rule.RpropConfig(variant=given).variant != variant:
-        raise ValueError(
-            f"`{class_name}` is the {variant!r} variant; use "
-            f"`keras_rprop.tf_keras.Rprop(variant={given!r})` for another "
-            f"one. Received: variant={given!r}"
-        )
-    return variant
+    return validation.one_variant(
+        class_name, variant, given, "keras_rprop.tf_keras.Rprop"
+    )
 
 
 @tf_keras.saving.register_keras_serializable(package="keras_rprop")

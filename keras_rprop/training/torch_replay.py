@@ -25,6 +25,7 @@ step (a counter in a layer's `call`) happen only in the steps that run
 eagerly: the recorded one and the epoch's last.
 """
 
+import contextlib
 import threading
 import warnings
 import weakref
@@ -207,7 +208,8 @@ def _trace_step(model, update, state, data):
     with torch.no_grad():
         saved = [t.clone() for t in state]
     try:
-        record = make_fx(step)(state, *data)
+        with _one_fake_mode():
+            record = make_fx(step)(state, *data)
     except RuntimeError as error:
         if "_local_scalar_dense" not in str(error):
             raise
@@ -219,6 +221,26 @@ def _trace_step(model, update, state, data):
         if node.op == "call_function" and _is_unsafe(node.target):
             return None, True
     return _compile(record, state, data), True
+
+
+def _one_fake_mode():
+    """A context in which `make_fx` describes every tensor with one mode.
+
+    `make_fx` stores the shape and dtype of each recorded tensor as a fake
+    tensor; without a fake mode in the tracing context, it creates a new
+    fake mode (and captures a Python stack) for every tensor, which is most
+    of the cost of a record. The record is the same.
+    """
+    try:
+        from torch import _guards
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        context = _guards.TracingContext(
+            FakeTensorMode(allow_fallback_kernels=True)
+        )
+        return _guards.tracing(context)
+    except (ImportError, AttributeError, TypeError):
+        return contextlib.nullcontext()
 
 
 def _flat_tensors(state, data):

@@ -1,6 +1,7 @@
-"""Hand-written full-batch training loops, one per backend, for the tests.
+"""What several test files share: data, models and training loops.
 
-Each loop computes the loss and the gradients with the backend's own
+`full_batch_steps` is a hand-written full-batch training loop per backend:
+each loop computes the loss and the gradients with the backend's own
 autodiff and passes the loss to the optimizer (`apply(..., loss=)`, or
 `stateless_apply(..., loss=)` on JAX, the path the JAX trainer uses).
 """
@@ -11,9 +12,42 @@ import keras
 import numpy as np
 from keras import ops
 
+import keras_rprop
+
+NAMED_CLASSES = {
+    "rprop+": keras_rprop.RpropPlus,
+    "rprop-": keras_rprop.RpropMinus,
+    "irprop+": keras_rprop.IRpropPlus,
+    "irprop-": keras_rprop.IRpropMinus,
+}
+
 
 def mse(y_true, y_pred):
     return ops.mean(ops.square(y_pred - y_true))
+
+
+def sine_data(samples=32):
+    """Three features and the sine of their sum, in float32."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(samples, 3)).astype("float32")
+    y = np.sin(x.sum(axis=1, keepdims=True)).astype("float32")
+    return x, y
+
+
+def tanh_model(hidden=4, l2=0.01):
+    """A `Dense(tanh)` layer with an L2 penalty and a `Dense(1)`, seeded."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                hidden,
+                activation="tanh",
+                kernel_regularizer=keras.regularizers.L2(l2),
+            ),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def build_mlp(params, features=3, hidden=6, outputs=1, dtype=None):
