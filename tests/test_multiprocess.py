@@ -116,6 +116,8 @@ class Children:
 def _one_process(variant, epochs=child.EPOCHS, options=None, **arguments):
     """The same training in this process, on all the data."""
     x, y = child.data()
+    if (options or {}).get("validation"):
+        arguments["validation_data"] = (x, y)
     model = child.build_model(
         keras,
         keras_rprop,
@@ -174,6 +176,8 @@ def test_shards_in_processes_train_as_one_process(tmp_path):
             # The callback stopped the training, at the same epoch in every
             # process as in one process.
             assert len(expected["history"]["loss"]) < child.EPOCHS, name
+        if options.get("validation"):
+            assert "val_loss" in expected["history"], name
         if options.get("regularized"):
             assert {"loss", "mae"} <= set(expected["history"]), name
         if variant == "irprop+":

@@ -108,7 +108,8 @@ def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
 def runs(keras, keras_rprop):
     """name -> (variant, extra arguments of `fit_full_batch`, options).
 
-    Options: `regularized` (see `build_model`); `fit` trains with
+    Options: `regularized` (see `build_model`); `validation` validates on
+    the training data (each process's shard); `fit` trains with
     `enable_loss` and `model.fit` instead, one batch per process and epoch,
     on the unequal shards (`"shards"`) or on equal ones (`"equal"`).
     """
@@ -140,6 +141,9 @@ def runs(keras, keras_rprop):
         },
         {},
     )
+    if backend == "torch":
+        # Each process validates on its shard; the logs are those of all.
+        cases["irprop+ validation"] = ("irprop+", {}, {"validation": True})
     # `model.fit` fails under `MultiWorkerMirroredStrategy`; JAX's global
     # batch needs local batches of one size.
     if backend == "torch":
@@ -274,6 +278,8 @@ def main():
                     verbose=0,
                 )
             else:
+                if options.get("validation"):
+                    arguments = {**arguments, "validation_data": (x, y)}
                 history = keras_rprop.fit_full_batch(
                     model, x, y, epochs=EPOCHS, verbose=0, **arguments
                 )
