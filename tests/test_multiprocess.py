@@ -161,6 +161,9 @@ def test_shards_in_processes_train_as_one_process(tmp_path):
     with Children("train", tmp_path) as children:
         results = children.results()
     assert [r["samples"] for r in results] == [21, 43]
+    if BACKEND == "jax":
+        for result in results:
+            assert "validation_split=0.25" in result["validation_split_error"]
     initial = np.asarray(child.initial_weights()[0])
     runs = child.runs(keras, keras_rprop)
     for name, (variant, arguments, options) in runs.items():
