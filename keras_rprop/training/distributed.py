@@ -342,6 +342,14 @@ def across_processes(fit):
                 f"Received: model={model.name!r} (not built)"
             )
         if backend == "jax":
+            if kwargs.get("validation_split"):
+                raise ValueError(
+                    "Across JAX processes, `validation_split` would split "
+                    "the padded shard; pass each process's validation "
+                    "data (of the same size in every process) as "
+                    "`validation_data` instead. Received: "
+                    f"validation_split={kwargs['validation_split']!r}"
+                )
             x, y, kwargs["sample_weight"] = pad_shard(
                 x, y, kwargs.get("sample_weight"), kwargs.get("chunk_size")
             )

@@ -50,6 +50,12 @@ def enable_loss(model):
     mini-batches that the optimizer would apply one by one (see
     `keras_rprop.MiniBatchWarning`): Rprop needs full-batch gradients.
 
+    Across processes (`torch.distributed`, multi-process JAX), each process
+    calls `fit` on its own shard with one batch per epoch: the step sums
+    the gradients, the loss and the logged metrics of all the shards, and
+    on PyTorch `fit` first copies process 0's weights to the others (see
+    `docs/distributed.md`).
+
     A model whose class overrides `train_step` has its own training step,
     which `enable_loss` cannot change: pass the loss there instead, as
     `self.optimizer.apply(grads, variables, loss=loss)` (TensorFlow, PyTorch)

@@ -71,7 +71,7 @@ def shard_bounds(processes):
 
 
 def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
-    """The model of every run; `regularized` adds an L2 term and a metric."""
+    """The model of every run; `regularized` adds an L2 term and metrics."""
     model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
@@ -90,10 +90,17 @@ def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
         # processes (its variables are global arrays).
         rank = 0
     model.set_weights(initial_weights(rank))
+    metrics, weighted_metrics = None, None
+    if regularized:
+        weighted_metrics = ["mae"]
+        if keras.backend.backend() != "jax":
+            # On JAX the padding of the shards counts in unweighted metrics.
+            metrics = ["mse"]
     model.compile(
         optimizer=keras_rprop.Rprop(variant),
         loss="mse",
-        metrics=["mae"] if regularized else None,
+        metrics=metrics,
+        weighted_metrics=weighted_metrics,
     )
     return model
 
@@ -101,7 +108,8 @@ def build_model(keras, keras_rprop, variant, rank=0, regularized=False):
 def runs(keras, keras_rprop):
     """name -> (variant, extra arguments of `fit_full_batch`, options).
 
-    Options: `regularized` (see `build_model`); `fit` trains with
+    Options: `regularized` (see `build_model`); `validation` validates on
+    the training data (each process's shard); `fit` trains with
     `enable_loss` and `model.fit` instead, one batch per process and epoch,
     on the unequal shards (`"shards"`) or on equal ones (`"equal"`).
     """
@@ -133,6 +141,9 @@ def runs(keras, keras_rprop):
         },
         {},
     )
+    if backend == "torch":
+        # Each process validates on its shard; the logs are those of all.
+        cases["irprop+ validation"] = ("irprop+", {}, {"validation": True})
     # `model.fit` fails under `MultiWorkerMirroredStrategy`; JAX's global
     # batch needs local batches of one size.
     if backend == "torch":
@@ -267,11 +278,21 @@ def main():
                     verbose=0,
                 )
             else:
+                if options.get("validation"):
+                    arguments = {**arguments, "validation_data": (x, y)}
                 history = keras_rprop.fit_full_batch(
                     model, x, y, epochs=EPOCHS, verbose=0, **arguments
                 )
             result[name] = state(keras, model)
             result[name]["history"] = history.history
+        if backend == "jax":
+            # The split of a padded shard would be wrong: refused.
+            try:
+                keras_rprop.fit_full_batch(
+                    model, x, y, epochs=1, verbose=0, validation_split=0.25
+                )
+            except ValueError as error:
+                result["validation_split_error"] = str(error)
 
     elif mode == "die":
 
