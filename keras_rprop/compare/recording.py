@@ -3,9 +3,10 @@
 A run's `Curve` holds one point per epoch (or per iteration of L-BFGS and
 Levenberg-Marquardt): the training loss on the whole training set, the
 numbers of loss and gradient evaluations the optimizer had made when that
-loss was known, and the seconds since the run started. Keras optimizers
-record it with a Keras callback: `RunRecorder` given to
-`keras_rprop.fit_full_batch`, `MiniBatchRecorder` given to `model.fit`.
+loss was known, and the seconds since the run started. Full-batch runs
+read it from the History `keras_rprop.fit_full_batch` returns
+(`full_batch_curve`); mini-batch runs record it with `MiniBatchRecorder`,
+a callback given to `model.fit`.
 """
 
 import time
@@ -50,52 +51,36 @@ class Curve:
         )
 
 
-class RunRecorder(keras.callbacks.Callback):
-    """Records a `Curve` while `fit_full_batch` trains, epoch by epoch.
+def full_batch_curve(history, seconds, final_loss):
+    """The `Curve` of a `keras_rprop.fit_full_batch` run, from its History.
 
-    The loss in the logs of epoch `k` is the loss at the weights the
-    epoch's step started from, computed by that step's loss and gradient
-    evaluation, the `k + 1`-th. The loss after the last epoch is added by
-    `finish`, one more loss evaluation. The recorder has no batch hooks, so
-    an engine may skip them.
+    The loss logged for epoch `k` is the loss at the weights the epoch's
+    step started from, computed by that step's loss and gradient
+    evaluation, the `k + 1`-th; `final_loss`, the loss after the last
+    epoch, is one more loss evaluation. Every epoch is the same one step, so
+    the run's seconds are spread evenly over its epochs: epoch `k` ends at
+    `seconds * (k + 1) / epochs`. (A callback that read the clock every
+    epoch would make the engine run one compiled call per epoch instead of
+    all of them in one, and so measure a slower run than users get.)
 
     Args:
-        measure_loss: Function without arguments returning the loss on the
-            whole training set at the model's current weights.
+        history: The `History` that `fit_full_batch` returned.
+        seconds: The wall-clock seconds of the `fit_full_batch` call.
+        final_loss: The loss on the whole training set after training.
     """
-
-    def __init__(self, measure_loss):
-        super().__init__()
-        self.measure_loss = measure_loss
-        self.start()
-
-    def start(self):
-        """Starts a new curve and its clock."""
-        self.curve = Curve()
-        self.evaluations = 0
-        self._excluded = 0.0
-        self._start = time.perf_counter()
-
-    def _seconds(self):
-        return time.perf_counter() - self._start - self._excluded
-
-    def on_epoch_end(self, epoch, logs=None):
-        # `fit_full_batch` makes one step, one evaluation, per epoch.
-        self.evaluations += 1
-        self.curve.add(
-            logs["loss"], self.evaluations, self.evaluations, self._seconds()
+    curve = Curve()
+    losses = history.history["loss"]
+    epochs = len(losses)
+    for epoch, loss in enumerate(losses):
+        evaluations = epoch + 1
+        curve.add(
+            loss, evaluations, evaluations, seconds * evaluations / epochs
         )
-
-    def finish(self):
-        """Adds the loss after the last epoch; returns the `Curve`."""
-        loss = self.measure_loss()
-        self.curve.add(
-            loss, self.evaluations + 1, self.evaluations, self._seconds()
-        )
-        return self.curve
+    curve.add(final_loss, epochs + 1, epochs, seconds)
+    return curve
 
 
-class MiniBatchRecorder(RunRecorder):
+class MiniBatchRecorder(keras.callbacks.Callback):
     """Records a `Curve` while `model.fit` trains on mini-batches.
 
     Each batch's gradient counts as its share of the training set, so a pass
@@ -106,18 +91,24 @@ class MiniBatchRecorder(RunRecorder):
     Args:
         num_samples: Size of the training set.
         batch_size: The mini-batch size.
-        measure_loss: As for `RunRecorder`.
+        measure_loss: Function without arguments returning the loss on the
+            whole training set at the model's current weights.
     """
 
     def __init__(self, num_samples, batch_size, measure_loss):
+        super().__init__()
         self.num_samples = num_samples
         self.batch_size = batch_size
-        super().__init__(measure_loss)
-
-    def start(self):
-        super().start()
+        self.measure_loss = measure_loss
+        self.curve = Curve()
+        self.evaluations = 0
         self._samples = 0
+        self._excluded = 0.0
+        self._start = time.perf_counter()
         self._add_measured()
+
+    def _seconds(self):
+        return time.perf_counter() - self._start - self._excluded
 
     def _add_measured(self):
         seconds = self._seconds()

@@ -7,7 +7,7 @@ SciPy works on one float64 vector; `autodiff` gives the loss, its gradient,
 the residuals and their Jacobian as functions of it, from the Keras model on
 the current backend.
 
-Both record, like `recording.RunRecorder` for Keras optimizers, a point per
+Both record, like the Keras optimizers' runs (`recording`), a point per
 iteration: the training loss, the number of loss and gradient (or Jacobian)
 evaluations made so far, and the seconds since the start.
 """

@@ -21,7 +21,7 @@ from keras import ops
 from keras_rprop.compare import autodiff
 from keras_rprop.compare import scipy_solvers
 from keras_rprop.compare.recording import MiniBatchRecorder
-from keras_rprop.compare.recording import RunRecorder
+from keras_rprop.compare.recording import full_batch_curve
 from keras_rprop.training import fit_full_batch
 
 
@@ -120,15 +120,12 @@ class KerasTrainer:
         x, y = self.data.x_train, self.data.y_train
         with _one_torch_thread():
             if self.batch_size is None:
-                recorder = RunRecorder(self._measure_loss)
-                fit_full_batch(
-                    self.model,
-                    x,
-                    y,
-                    epochs=epochs,
-                    verbose=0,
-                    callbacks=[recorder],
+                start = time.perf_counter()
+                history = fit_full_batch(
+                    self.model, x, y, epochs=epochs, verbose=0
                 )
+                seconds = time.perf_counter() - start
+                return full_batch_curve(history, seconds, self._measure_loss())
             else:
                 recorder = MiniBatchRecorder(
                     len(x), self.batch_size, self._measure_loss
