@@ -12,7 +12,7 @@ module, next to the others.
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -250,9 +250,10 @@ def sklearn_data(loader, task, test_fraction=0.3):
     else:
         if task == REGRESSION:
             y_mean, y_scale = float(y_train.mean()), float(y_train.std())
-            y_train, y_test = (y_train - y_mean) / y_scale, (
-                y_test - y_mean
-            ) / y_scale
+            y_train, y_test = (
+                (y_train - y_mean) / y_scale,
+                (y_test - y_mean) / y_scale,
+            )
         y_train = y_train.reshape(-1, 1).astype("float32")
         y_test = y_test.reshape(-1, 1).astype("float32")
     return Dataset(x_train, y_train, x_test, y_test, y_scale)
