@@ -86,9 +86,7 @@ def run_keras(epochs):
     def plain():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plain_model.fit(
-                x, y, batch_size=len(x), epochs=epochs, verbose=0
-            )
+            plain_model.fit(x, y, batch_size=len(x), epochs=epochs, verbose=0)
 
     results["plain fit"] = [epochs / timed(plain), epochs / timed(plain)]
     return results

@@ -23,9 +23,9 @@ ecosystem:
 It also measures the memory bandwidth in the same process (on the CPU, a
 copy of a large array on every core; on a GPU, an element-wise pass of the
 backend over a large array on the device: bytes read and written per
-second) and turns it into the time a step needs at least: an Rprop step on float32 parameters
-reads the gradient, the parameter, the step size and the int8 sign and
-writes the last three, 22 bytes per parameter (Adam: 28).
+second) and turns it into the time a step needs at least: an Rprop step on
+float32 parameters reads the gradient, the parameter, the step size and the
+int8 sign and writes the last three, 22 bytes per parameter (Adam: 28).
 
 Every backend and case runs in its own subprocess, on the device where
 Keras puts its variables: a GPU if the backend sees one. Usage:
@@ -181,7 +181,6 @@ def _device(backend):
 
 
 def _gradients(rng, count, size):
-    import numpy as np
 
     return [rng.standard_normal(size).astype("float32") for _ in range(count)]
 
@@ -345,9 +344,7 @@ def _per_variable_path(enabled):
 
     if not enabled:
         return contextlib.nullcontext()
-    return unittest.mock.patch.object(
-        fast_paths, "update", lambda *args: False
-    )
+    return unittest.mock.patch.object(fast_paths, "update", lambda *args: False)
 
 
 def _torch_steps(count, size, rng):

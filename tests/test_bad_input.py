@@ -7,7 +7,6 @@ change weights or optimizer state silently.
 import dataclasses
 import inspect
 import math
-import os
 import re
 
 import keras
@@ -191,7 +190,7 @@ def test_fit_skips_nan_batches_with_loss_scale_optimizer(variant, policy):
 
 
 def test_nan_loss_counts_as_infinite_loss():
-    """A NaN loss is a rise after a finite loss, and a finite one after it is not.
+    """A NaN loss is a rise after a finite loss; a finite one after it is not.
 
     Weight 0's gradient flips sign at steps 2 and 3 (whose stored sign is
     set again by step 2's zero-reset), so each flip tests one comparison.
@@ -367,7 +366,16 @@ def test_initial_step_outside_bounds():
 
 
 def test_unknown_variant():
-    for value in ["adam", "rprop", "irprop", "irprop+ ", "", None, 3, ["rprop+"]]:
+    for value in [
+        "adam",
+        "rprop",
+        "irprop",
+        "irprop+ ",
+        "",
+        None,
+        3,
+        ["rprop+"],
+    ]:
         _raises(
             rf"`variant`.*Received: variant={re.escape(repr(value))}",
             variant=value,
@@ -521,10 +529,11 @@ def test_checkpoint_with_larger_steps_is_clipped_to_the_new_bounds(tmp_path):
         [s.ravel() for s in _steps_of(model.optimizer)]
     )
     np.testing.assert_allclose(loaded_steps, [0.5, 1.0, 1.0, 0.1])
+    np.testing.assert_allclose(loaded_steps, np.clip(saved_steps, 0.1, 1.0))
 
 
 def test_checkpoint_of_another_optimizer_is_not_loaded(tmp_path):
-    """A different number of variables: Keras warns and keeps the fresh state."""
+    """Another number of variables: Keras warns and keeps the fresh state."""
     path = str(tmp_path / "model.weights.h5")
     _trained_model(keras.optimizers.Adam()).save_weights(path)
     model = _trained_model(keras_rprop.Rprop("irprop-"), steps=1)

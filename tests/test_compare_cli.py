@@ -1,8 +1,8 @@
 """`keras-rprop compare` end to end: a tiny run and its files."""
 
 import csv
-import os
 import json
+import os
 
 import keras
 import numpy as np

@@ -106,7 +106,7 @@ def test_lm_and_small_mini_batches_are_skipped_with_a_note():
     assert "481" in runner.get_optimizer("lm").skip_reason(wide, data)
 
 
-# -- SciPy: loss, gradient, residuals and Jacobian from the Keras model ----------
+# -- SciPy: loss, gradient, residuals and Jacobian from the Keras model --
 
 
 def test_loss_and_gradient_match_the_reference(diabetes):
@@ -223,9 +223,7 @@ def test_lm_records_scipys_counts_and_its_iterates(diabetes):
     assert curve.gradient_evaluations[-1] == calls["jac"] == result.njev + 1
     # Levenberg-Marquardt only accepts steps that lower the loss.
     assert np.all(np.diff(curve.losses) < 0)
-    assert curve.losses[0] == pytest.approx(
-        np.mean(residuals(flat.get()) ** 2)
-    )
+    assert curve.losses[0] == pytest.approx(np.mean(residuals(flat.get()) ** 2))
     assert curve.losses[-1] == pytest.approx(np.mean(result.fun**2))
     # The model holds the trained weights only when a trainer sets them.
     trainer = trainers.LevenbergMarquardtTrainer(model, data)
@@ -236,7 +234,7 @@ def test_lm_records_scipys_counts_and_its_iterates(diabetes):
     )
 
 
-# -- The figure ------------------------------------------------------------------
+# -- The figure --
 
 
 def _fake_result(optimizer, losses, seed=0):

@@ -259,7 +259,7 @@ def test_nan_gradient_gives_nan_weight_on_fast_path(small_buckets):
 
 
 def _compiled_program(variant, shapes):
-    """The optimized XLA program of one step, as the backend's trainer runs it."""
+    """The optimized XLA program of one step, as the backend's trainer runs."""
     variables = [keras.Variable(w) for w in _initial_weights(shapes)]
     optimizer = keras_rprop.Rprop(variant=variant)
     optimizer.build(variables)

@@ -11,13 +11,13 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-
-import keras_rprop
 from reference import ReferenceRprop
 from reference import make_mlp_params
 from reference import make_regression_data
 from reference import mlp_loss_and_grads
 from reference import train_reference
+
+import keras_rprop
 from tests.helpers import assert_weights_close
 from tests.helpers import build_mlp
 from tests.helpers import float64_precision

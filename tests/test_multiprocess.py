@@ -153,7 +153,11 @@ def _assert_same_state(got, expected, name):
         if not isinstance(value, list):
             assert got_name == variable, name
         np.testing.assert_allclose(
-            got_value, value, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {variable}"
+            got_value,
+            value,
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=f"{name}: {variable}",
         )
 
 

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-
-import keras_rprop
 from reference import VARIANTS
 from reference import make_mlp_params
 from reference import make_regression_data
 from reference import mlp_loss_and_grads
 from reference import train_reference
+
+import keras_rprop
 from tests.helpers import NAMED_CLASSES
 from tests.helpers import assert_weights_close
 from tests.helpers import build_mlp

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-
-import keras_rprop
 from reference import VARIANTS
 from reference import ReferenceRprop
+
+import keras_rprop
 
 # One weight, initial step 0.1, eta- = 0.5, eta+ = 1.2.
 EXAMPLE_GRADIENTS = [1.0, 1.0, 1.0, -1.0, 1.0]

@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-
-import keras_rprop
 from reference import VARIANTS
 from reference import make_mlp_params
 from reference import make_regression_data
+
+import keras_rprop
 from tests.helpers import NAMED_CLASSES
 from tests.helpers import build_mlp
 from tests.helpers import full_batch_steps

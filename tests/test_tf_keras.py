@@ -7,8 +7,8 @@ configured before TensorFlow starts) do not depend on the pass and run in the
 TensorFlow pass only.
 """
 
-import json
 import copy
+import json
 import math
 import os
 import re
@@ -21,9 +21,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
-
-import keras_rprop
-import keras_rprop.tf_keras as rprop_tf_keras
 from reference import VARIANTS
 from reference import ReferenceRprop
 from reference import make_mlp_params
@@ -42,6 +39,9 @@ from test_rule_golden import TENSOR_GRADIENTS
 from test_rule_golden import TENSOR_HYPERPARAMETERS
 from test_rule_golden import TENSOR_LEARNING_RATES
 from test_rule_golden import TENSOR_START
+
+import keras_rprop
+import keras_rprop.tf_keras as rprop_tf_keras
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 50

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from keras import ops
-
-import keras_rprop
 from reference import make_mlp_params
 from reference import make_regression_data
+
+import keras_rprop
 from tests.helpers import assert_weights_close
 from tests.helpers import build_mlp
 from tests.helpers import float64_precision

@@ -12,7 +12,7 @@ module, next to the others.
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -78,7 +78,8 @@ def _to_target_cell(row, key, number_format, spread=True):
         return "not reached"
     if not spread:
         return f"{median:{number_format}}"
-    return f"{median:{number_format}} ({low:{number_format}}-{high:{number_format}})"
+    low, high = f"{low:{number_format}}", f"{high:{number_format}}"
+    return f"{median:{number_format}} ({low}-{high})"
 
 
 # Footnotes for the optimizers whose epochs and evaluations differ in kind.

@@ -2,7 +2,7 @@
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -32,10 +32,10 @@ class OptimizerSpec:
 
     name: str
     summary: str
-    build: Optional[Callable]
-    batch_size: Optional[int] = None
-    learning_rate: Optional[float] = None
-    method: Optional[str] = None
+    build: Callable | None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    method: str | None = None
 
     @property
     def label(self):
@@ -204,21 +204,21 @@ class RunResult:
 
     problem: str
     optimizer: str
-    seed: Optional[int]
+    seed: int | None
     backend: str
     epochs: int
-    batch_size: Optional[int]
+    batch_size: int | None
     losses: np.ndarray
     loss_evaluations: np.ndarray
     gradient_evaluations: np.ndarray
     times: np.ndarray
-    epochs_to_target: Optional[int]
-    evaluations_to_target: Optional[float]
-    seconds_to_target: Optional[float]
+    epochs_to_target: int | None
+    evaluations_to_target: float | None
+    seconds_to_target: float | None
     final_loss: float
     test_metric: float
     wall_time: float
-    skipped: Optional[str] = None
+    skipped: str | None = None
 
 
 def epochs_to_target(losses, target):

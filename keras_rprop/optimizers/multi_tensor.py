@@ -450,8 +450,7 @@ class _FusedBucket:
         torch.cat(grads, out=self.gradient)
         if self.weight is not None:
             if not torch_fused.update_(
-                state,
-                self.weight, self.gradient, *self.state, kernel_arguments
+                state, self.weight, self.gradient, *self.state, kernel_arguments
             ):
                 return False
             # The kernel wrote the weights through a tensor that autograd
@@ -516,9 +515,7 @@ def _update_bucket(config, bucket, arguments):
         grad = torch.cat(grads)
         step = torch.cat(steps)
         sign = torch.cat(signs)
-    new_step, new_sign, move = rule.apply(
-        config, grad, step, sign, **arguments
-    )
+    new_step, new_sign, move = rule.apply(config, grad, step, sign, **arguments)
     if len(bucket) == 1:
         variables[0].add_(move.to(variables[0].dtype))
         steps[0].copy_(new_step)

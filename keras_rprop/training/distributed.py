@@ -419,7 +419,8 @@ class TensorFlowMultiWorkerRunner:
         logs_by_epoch = []
         for _ in range(epochs):
             logs = {
-                key: float(value) for key, value in self.function(self.data).items()
+                key: float(value)
+                for key, value in self.function(self.data).items()
             }
             logs_by_epoch.append(logs)
             if goal is not None and logs["loss"] <= goal:
@@ -489,7 +490,8 @@ def _tensorflow_broadcast(model, variables):
         def replica_values():
             context = tf.distribute.get_replica_context()
             values = [
-                tf.cast(tf.convert_to_tensor(v.value), "float64") for v in variables
+                tf.cast(tf.convert_to_tensor(v.value), "float64")
+                for v in variables
             ]
             if not chief:
                 values = [tf.zeros_like(v) for v in values]

@@ -35,7 +35,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from keras_rprop.training import distributed
 
-
 # ATen tags of operations whose record would not replay the eager step: a
 # random draw, or a value or shape read back into Python.
 _UNSAFE_TAGS = (

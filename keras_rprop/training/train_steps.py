@@ -82,9 +82,7 @@ def mean_gradients_and_loss(sums, variables):
 
 def _to_sums(grads, loss, samples):
     samples = ops.cast(samples, "float32")
-    grads = [
-        None if g is None else _scaled(g, samples, g.dtype) for g in grads
-    ]
+    grads = [None if g is None else _scaled(g, samples, g.dtype) for g in grads]
     return Sums(grads, ops.cast(loss, "float32") * samples, samples)
 
 
@@ -132,7 +130,9 @@ def _global_loss(loss):
 
 
 def _warn_no_weights():
-    warnings.warn("The model does not have any trainable weights.")
+    warnings.warn(
+        "The model does not have any trainable weights.", stacklevel=2
+    )
 
 
 # -- TensorFlow and PyTorch: the variables hold the state --------------------

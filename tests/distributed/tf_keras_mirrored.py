@@ -29,12 +29,12 @@ tf.config.set_logical_device_configuration(
 )
 
 import tf_keras  # noqa: E402
-
-import keras_rprop.tf_keras  # noqa: E402
 from reference import VARIANTS  # noqa: E402
 from reference import make_mlp_params  # noqa: E402
 from reference import make_regression_data  # noqa: E402
 from reference import mlp_loss_and_grads  # noqa: E402
+
+import keras_rprop.tf_keras  # noqa: E402
 
 OUTPUT = sys.argv[1]
 # The batch size each replica of the mirrored custom loop sees, recorded

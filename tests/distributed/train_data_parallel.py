@@ -1,4 +1,4 @@
-"""Trains a tiny model with every Rprop variant, on one device and data-parallel.
+"""Trains a tiny model with every Rprop variant, on one device and in parallel.
 
 Run as a child process by `tests/test_distributed.py`: the devices must be
 configured before the backend starts, which a test process cannot redo.

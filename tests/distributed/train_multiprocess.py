@@ -8,8 +8,8 @@ Run by `tests/test_multiprocess.py`, one child per process, all on
 BACKEND is `tensorflow` (`MultiWorkerMirroredStrategy`), `jax` (multi-process
 JAX with `DataParallel`) or `torch` (`torch.distributed` with gloo). PORTS
 are free ports chosen by the test, one per process, comma-separated (JAX and
-PyTorch use the first: the coordinator's). Each process holds its own shard of the
-data; the shards differ in size. MODE is:
+PyTorch use the first: the coordinator's). Each process holds its own shard
+of the data; the shards differ in size. MODE is:
 
 - `train`: every variant, 20 epochs of `fit_full_batch` on the shard, and
   the other runs of `runs`; writes `OUTDIR/rank{RANK}.json` with the
@@ -323,7 +323,9 @@ def main():
                     raise RuntimeError("interrupted on purpose")
 
         # Each process backs up to its own directory.
-        backup = keras.callbacks.BackupAndRestore(os.path.join(outdir, f"backup{rank}"))
+        backup = keras.callbacks.BackupAndRestore(
+            os.path.join(outdir, f"backup{rank}")
+        )
         callbacks = [backup]
         if mode == "interrupt":
             callbacks.append(Interrupt())
