@@ -132,13 +132,13 @@ def format_table(problem, rows):
                 f"{row['reached']}/{row['runs']}",
                 _to_target_cell(row, "epochs", "g"),
                 _to_target_cell(row, "evaluations", ".4g", spread=False),
-                _to_target_cell(row, "seconds", ".2f", spread=False),
+                _to_target_cell(row, "seconds", ".3g", spread=False),
                 f"{row['loss_median']:.2e} ({row['loss_min']:.1e}-"
                 f"{row['loss_max']:.1e})",
                 f"{row['metric_median']:{metric_format}} "
                 f"({row['metric_min']:{metric_format}}-"
                 f"{row['metric_max']:{metric_format}})",
-                f"{row['time_median']:.2f}",
+                f"{row['time_median']:.3g}",
             ]
         )
     columns = len(header)
