@@ -59,18 +59,9 @@ class Rprop(tf_keras.optimizers.Optimizer):
     Args:
         variant: One of `"rprop+"`, `"rprop-"`, `"irprop+"`, `"irprop-"`.
             Defaults to `"irprop-"`.
-        initial_step: Float, the initial step size of every weight
-            (Delta_0), > 0 and within `[min_step, max_step]`. Defaults to
-            `0.1` (Riedmiller & Braun, 1993, who call the choice "rather
-            uncritical").
-        eta_minus: Float in (0, 1), the factor by which a step size shrinks
-            after its gradient changed sign. Defaults to `0.5`.
-        eta_plus: Float > 1, the factor by which a step size grows while
-            the sign holds. Defaults to `1.2`.
-        min_step: Float >= 0, the lower bound of the step sizes. Defaults
-            to `1e-6`.
-        max_step: Float > 0, the upper bound of the step sizes. Defaults to
-            `50.0`.
+        initial_step, eta_minus, eta_plus, min_step, max_step: The step
+            sizes' start, factors and bounds, with the meaning, range and
+            default they have in `keras_rprop.Rprop`.
         learning_rate: A float, a
             `tf_keras.optimizers.schedules.LearningRateSchedule` or a
             callable that takes no arguments and returns the value to use.
