@@ -109,6 +109,9 @@ def _run(
     """
     dtypes = dtypes or ["float32"] * len(weights)
     variables = [keras.Variable(w, dtype=d) for w, d in zip(weights, dtypes)]
+    if path == "fast" and BACKEND == "tensorflow":
+        # The XLA update, which the default keeps for large models.
+        optimizer_kwargs.setdefault("fused", True)
     optimizer = keras_rprop.Rprop(
         variant=variant, learning_rate=LEARNING_RATE, **optimizer_kwargs
     )
@@ -211,6 +214,25 @@ def test_fast_path_matches_per_variable_path(variant, small_buckets):
         # Traced once, then run as a graph.
         assert len(calls) == 1
     _assert_same_results(fast, reference)
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="the XLA update of TensorFlow's graphs"
+)
+def test_xla_update_default_compiles_only_large_models(monkeypatch):
+    from keras_rprop.optimizers import fast_paths
+
+    weights = _initial_weights(SHAPES)  # 3,9xx parameters
+    gradients = _gradient_sequence(SHAPES, 2)
+    for fused, minimum, compiled in [
+        (None, fast_paths.MIN_PARAMETERS, False),
+        (False, 1000, False),
+        (None, 1000, True),
+    ]:
+        monkeypatch.setattr(fast_paths, "MIN_PARAMETERS", minimum)
+        calls = []
+        _run("irprop-", "fast", weights, gradients, calls=calls, fused=fused)
+        assert bool(calls) is compiled, (fused, minimum)
 
 
 @pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
@@ -643,7 +665,7 @@ def test_fused_kernel_nan_gradient_gives_nan_weight(kernel_runs):
 
 @torch_only
 def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
-    from keras_rprop.optimizers import torch_fused
+    from keras_rprop.optimizers import fast_paths
 
     weights = _initial_weights(SHAPES)
     gradients = _gradient_sequence(SHAPES, 2)
@@ -651,7 +673,7 @@ def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
     assert kernel_runs == []
     _run("irprop-", "fast", weights, gradients, fused=False)
     assert kernel_runs == []
-    monkeypatch.setattr(torch_fused, "MIN_PARAMETERS", 1000)
+    monkeypatch.setattr(fast_paths, "MIN_PARAMETERS", 1000)
     _run("irprop-", "fast", weights, gradients)
     if keras.Variable(1.0).value.device.type == "cpu":
         assert kernel_runs and all(kernel_runs)

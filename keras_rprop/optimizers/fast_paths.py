@@ -8,7 +8,7 @@ path below it):
 - `multi_tensor` (PyTorch, eager): the rule on buckets of many tensors at
   once, with `torch_fused`'s compiled kernel for large models.
 - `xla_update` (TensorFlow, a graph that XLA does not compile): the whole
-  update compiled with XLA.
+  update compiled with XLA, for large models (`use_fused`).
 - `xla_ordered` (JAX and TensorFlow compiled by XLA for the CPU): each
   tensor's update computed in the order that lets XLA overwrite the state
   in place without copying it.
@@ -22,6 +22,11 @@ import keras
 
 from keras_rprop import rule
 from keras_rprop.optimizers import xla_ordered
+
+# Below this many parameters the default (`fused=None`) compiles no update
+# of its own: its one-off compilation costs more than it saves in all but
+# very long runs of a small model.
+MIN_PARAMETERS = 1 << 20
 
 
 def update(optimizer, grads, trainable_variables, learning_rate):
@@ -44,12 +49,25 @@ def update(optimizer, grads, trainable_variables, learning_rate):
     if backend == "tensorflow":
         from keras_rprop.optimizers import xla_update
 
-        if xla_update.is_supported(grads):
+        if xla_update.is_supported(grads) and use_fused(
+            optimizer, sum(math.prod(v.shape) for v in trainable_variables)
+        ):
             xla_update.update(
                 optimizer, grads, trainable_variables, learning_rate
             )
             return True
     return False
+
+
+def use_fused(optimizer, parameter_count, on_cpu=True):
+    """Whether the update of `optimizer` runs as one compiled program.
+
+    `fused=True` always does, `fused=False` never, and `fused=None` does for
+    models of at least `MIN_PARAMETERS` parameters on the CPU.
+    """
+    if optimizer.fused is None:
+        return on_cpu and parameter_count >= MIN_PARAMETERS
+    return optimizer.fused
 
 
 def update_tensor(config, gradient, step, sign, weight, arguments):

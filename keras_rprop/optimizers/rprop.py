@@ -64,11 +64,14 @@ class Rprop(keras.optimizers.Optimizer):
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a
             callable that takes no arguments and returns the value to use.
             Multiplies every applied move. Defaults to `1.0`.
-        fused: On the PyTorch backend, whether the update runs as one
-            kernel compiled by `torch.compile`, which takes a few seconds
-            once per process. `None` (default) compiles it for models of at
-            least 2**20 parameters on the CPU, `True` always, `False` never.
-            Other backends ignore it.
+        fused: Whether the update runs as one compiled program of its
+            own: on PyTorch a kernel compiled by `torch.compile` (a few
+            seconds once per process), on TensorFlow in a graph that XLA
+            does not compile whole (`model.fit`'s default on the CPU) the
+            update compiled by XLA (under a second per model). `None`
+            (default) compiles it for models of at least 2**20 parameters
+            (on PyTorch, on the CPU only), `True` always, `False` never.
+            JAX ignores it: XLA compiles its whole step.
         name: String. The name of the optimizer's variables.
         weight_decay: Float. If set, the weights are shrunk by
             `learning_rate * weight_decay` before each step.

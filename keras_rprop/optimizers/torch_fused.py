@@ -20,11 +20,7 @@ import warnings
 import torch
 
 from keras_rprop import rule
-
-# Below this many parameters the default (`fused=None`) stays eager: the
-# one-off compilation outweighs what a small model's training saves. On a
-# GPU the default always stays eager (see benchmarks/README.md).
-MIN_PARAMETERS = 1 << 20
+from keras_rprop.optimizers import fast_paths
 
 # Smaller buckets run eagerly: they are cheap either way, and Dynamo would
 # compile separate kernels for sizes 0 and 1.
@@ -97,17 +93,16 @@ def state_of(optimizer):
 def use_fused(optimizer, parameter_count, device):
     """Whether this step of `optimizer` runs the compiled kernel.
 
-    `fused=True` always does, `fused=False` never, and `fused=None` does for
-    models of at least `MIN_PARAMETERS` parameters on the CPU. Never while
-    the step is itself being traced (`make_fx` records of the fast loop,
-    Dynamo), nor after the optimizer's compilation failed once.
+    As `fast_paths.use_fused` decides (on a GPU the default always stays
+    eager: see benchmarks/README.md), but never while the step is itself
+    being traced (`make_fx` records of the fast loop, Dynamo), nor after the
+    optimizer's compilation failed once.
     """
-    fused = optimizer.fused
-    if fused is False or state_of(optimizer).failure or is_tracing():
+    if state_of(optimizer).failure or is_tracing():
         return False
-    if fused is None:
-        return device.type == "cpu" and parameter_count >= MIN_PARAMETERS
-    return True
+    return fast_paths.use_fused(
+        optimizer, parameter_count, on_cpu=device.type == "cpu"
+    )
 
 
 def supports(weights, steps):

@@ -31,7 +31,7 @@ import warnings
 import weakref
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental import proxy_tensor
 
 from keras_rprop.training import distributed
 
@@ -207,8 +207,8 @@ def _trace_step(model, update, state, data):
     with torch.no_grad():
         saved = [t.clone() for t in state]
     try:
-        with _one_fake_mode():
-            record = make_fx(step)(state, *data)
+        with _one_fake_mode(), _without_fake_values():
+            record = proxy_tensor.make_fx(step)(state, *data)
     except RuntimeError as error:
         if "_local_scalar_dense" not in str(error):
             raise
@@ -220,6 +220,35 @@ def _trace_step(model, update, state, data):
         if node.op == "call_function" and _is_unsafe(node.target):
             return None, True
     return _compile(record, state, data), True
+
+
+@contextlib.contextmanager
+def _without_fake_values():
+    """A context in which `make_fx` records no fake copy of each tensor.
+
+    `make_fx` stores with every operation a fake tensor of its result
+    (`node.meta["val"]`), for the compiler passes that read a record's
+    shapes. The replay runs the record as it is and reads none; making the
+    fake tensors is most of the cost of a record. Only this thread's
+    records skip them: the function is replaced for the duration of the
+    record, under `_recording`, and other threads' calls go through.
+    """
+    original = getattr(proxy_tensor, "set_meta", None)
+    if original is None:  # A PyTorch that moved it: records as usual.
+        yield
+        return
+    thread = threading.get_ident()
+
+    def set_meta(proxy, value):
+        if threading.get_ident() == thread:
+            return proxy
+        return original(proxy, value)
+
+    proxy_tensor.set_meta = set_meta
+    try:
+        yield
+    finally:
+        proxy_tensor.set_meta = original
 
 
 def _one_fake_mode():
