@@ -1,6 +1,7 @@
 """The few places where the optimizer must know which backend runs it."""
 
 import keras
+import numpy as np
 
 # Step sizes below float32 precision would stall Rprop (1.2 x step rounds
 # back to step in bfloat16 for a wide range of values), so 16-bit weights
@@ -15,15 +16,24 @@ def step_dtype(variable_dtype):
 
 
 def constant_initializer(value):
-    """An initializer filling a tensor with the Python float `value`.
+    """An initializer filling a tensor with the Python number `value`.
 
-    `keras.initializers.Constant` casts the value with `ops.cast`, which on
-    TensorFlow goes through float32 (0.1 becomes 0.10000000149 in a float64
-    tensor). `ops.full` builds the value in the requested dtype directly.
+    The value is made on the host by NumPy, in the requested dtype, and the
+    variable takes it as it is: `keras.initializers.Constant` casts through
+    float32 on TensorFlow (0.1 becomes 0.10000000149 in a float64 tensor).
+    On JAX, `ops.full` and even `jnp.asarray` of a new shape compile a
+    program of their own (two per variable of the model, on a first call);
+    `jax.device_put` copies the array without one.
     """
 
     def initializer(shape, dtype=None):
-        return keras.ops.full(shape, value, dtype=dtype)
+        dtype = keras.backend.standardize_dtype(dtype)
+        array = np.full(shape, value, dtype=dtype)
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return jax.device_put(array)
+        return array
 
     return initializer
 

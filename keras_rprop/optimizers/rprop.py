@@ -211,7 +211,10 @@ class Rprop(keras.optimizers.Optimizer):
             )
             self._signs.append(
                 self._add_slot(
-                    variable, "sign", "zeros", backend_compat.sign_dtype()
+                    variable,
+                    "sign",
+                    backend_compat.constant_initializer(0),
+                    backend_compat.sign_dtype(),
                 )
             )
 

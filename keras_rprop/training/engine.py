@@ -240,6 +240,12 @@ def _spec(value):
 
 def _log_keys(model):
     model.reset_metrics()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        # The names alone: computed eagerly, each metric's `result` would
+        # compile small programs on a first call.
+        return list(jax.eval_shape(model.get_metrics_result))
     return list(model.get_metrics_result())
 
 
