@@ -11,23 +11,31 @@ to train it:
   of the box, for context.
 - `torch loop`: a hand-written PyTorch loop (`torch.nn` model,
   `torch.optim.Rprop`, forward, backward, step) without Keras.
+- `jax loop`: a hand-written JAX loop (a `jax.jit` step of `jax.grad` and
+  `optax.rprop`, called once per epoch) without Keras, for context: what
+  JAX's own compilation costs a first call.
 
 Each is timed twice on the same model: `first` is the first call in the
 process, compilation included, as a script that trains once sees it;
 `second` is the next call, with everything compiled. Every backend runs in
-its own subprocess (Keras reads the backend once); the torch loop runs in
-one more. The table gives epochs per second and the ratio of
-`fit_full_batch` to the torch loop.
+its own subprocess (Keras reads the backend once); each hand-written loop
+runs in one more. A round starts every process once; the table gives the
+median epochs per second over the rounds and the ratio of `fit_full_batch`
+to the torch loop of the same round (its median and range), since the
+machine's speed drifts between rounds.
 
 Usage:
 
-    python benchmarks/fullbatch_speed.py
-    python benchmarks/fullbatch_speed.py --backends jax,torch --epochs 500
+    python benchmarks/fullbatch_speed.py                 # 3 rounds, ~2 min
+    python benchmarks/fullbatch_speed.py --repeats 5 --backends jax,torch
+    python benchmarks/fullbatch_speed.py --jax-compilation-cache /tmp/jc
 """
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -63,7 +71,7 @@ def timed(function):
     return time.perf_counter() - start
 
 
-def run_keras(epochs):
+def run_keras(epochs, plain_fit):
     import warnings
 
     import keras_rprop
@@ -81,6 +89,9 @@ def run_keras(epochs):
         epochs / timed(natural),
     ]
 
+    if not plain_fit:
+        results["plain fit"] = [math.nan, math.nan]
+        return results
     plain_model = keras_model()
 
     def plain():
@@ -117,6 +128,54 @@ def run_torch_loop(epochs):
     return {"torch loop": [epochs / timed(loop), epochs / timed(loop)]}
 
 
+def run_jax_loop(epochs):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    x, y = (jnp.asarray(a) for a in data())
+    sizes = (FEATURES,) + HIDDEN + (1,)
+    keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
+    params = [
+        (
+            jax.random.uniform(key, (n_in, n_out), minval=-0.3, maxval=0.3),
+            jnp.zeros((n_out,)),
+        )
+        for key, n_in, n_out in zip(keys, sizes, sizes[1:])
+    ]
+
+    def loss_fn(params):
+        h = x
+        for i, (kernel, bias) in enumerate(params):
+            h = h @ kernel + bias
+            if i < len(params) - 1:
+                h = jnp.tanh(h)
+        return jnp.mean((h - y) ** 2)
+
+    optimizer = optax.rprop(
+        learning_rate=0.1,
+        eta_minus=0.5,
+        eta_plus=1.2,
+        min_step_size=1e-6,
+        max_step_size=50.0,
+    )
+    state = [params, optimizer.init(params)]
+
+    @jax.jit
+    def step(params, opt_state):
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def loop():
+        params, opt_state = state
+        for _ in range(epochs):
+            params, opt_state = step(params, opt_state)
+        state[:] = jax.block_until_ready((params, opt_state))
+
+    return {"jax loop": [epochs / timed(loop), epochs / timed(loop)]}
+
+
 def limit_threads(threads):
     """Runs every framework on `threads` CPU threads (set before import)."""
     os.environ["XLA_FLAGS"] = (
@@ -135,12 +194,14 @@ def limit_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def child(backend, epochs, threads):
+def child(backend, epochs, threads, plain_fit):
     if threads:
         limit_threads(threads)
     if backend == "torch-loop":
         return run_torch_loop(epochs)
-    return run_keras(epochs)
+    if backend == "jax-loop":
+        return run_jax_loop(epochs)
+    return run_keras(epochs, plain_fit)
 
 
 def main():
@@ -155,55 +216,93 @@ def main():
         "thread is the fastest for a model this small and keeps the "
         "comparison fair on a busy machine.",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="Rounds of fresh processes; each round times every backend "
+        "and both hand-written loops once (plain fit in the first round "
+        "only).",
+    )
+    parser.add_argument(
+        "--jax-compilation-cache",
+        metavar="DIR",
+        help="Give every JAX process JAX's persistent compilation cache in "
+        "DIR, warmed by one untimed run: the first call of a script that "
+        "runs again.",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--plain-fit", action="store_true", help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.epochs, args.threads)))
+        result = child(args.child, args.epochs, args.threads, args.plain_fit)
+        print(json.dumps(result))
         return
 
-    results = {}
-    for backend in args.backends.split(",") + ["torch-loop"]:
+    def run(backend, plain_fit=False):
         env = dict(os.environ, KERAS_BACKEND=backend.replace("-loop", ""))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                backend,
-                "--epochs",
-                str(args.epochs),
-                "--threads",
-                str(args.threads),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        if args.jax_compilation_cache:
+            env["JAX_COMPILATION_CACHE_DIR"] = args.jax_compilation_cache
+            env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        command = [sys.executable, __file__, "--child", backend]
+        command += ["--epochs", str(args.epochs)]
+        command += ["--threads", str(args.threads)]
+        command += ["--plain-fit"] if plain_fit else []
+        out = subprocess.run(command, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{backend} failed:\n{out.stderr[-3000:]}")
-        results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
-    torch_rates = results.pop("torch-loop")["torch loop"]
+    backends = args.backends.split(",")
+    if args.jax_compilation_cache:
+        for backend in {"jax", "jax-loop"} & set(backends + ["jax-loop"]):
+            run(backend)
+    rounds = []
+    for index in range(args.repeats):
+        results = {"torch-loop": run("torch-loop")}
+        for backend in backends:
+            results[backend] = run(backend, plain_fit=index == 0)
+        results["jax-loop"] = run("jax-loop")
+        rounds.append(results)
+
+    def median(values):
+        return statistics.median(values)
+
+    torch_rates = [r["torch-loop"]["torch loop"] for r in rounds]
+    jax_rates = [r["jax-loop"]["jax loop"] for r in rounds]
     print(
         f"{args.epochs} full-batch epochs, MLP {FEATURES}-"
         f"{'-'.join(map(str, HIDDEN))}-1, {SAMPLES} samples, irprop-; "
         "epochs per second (first = first call incl. compilation, "
-        f"second = second call), {args.threads or 'default'} CPU thread(s)"
+        f"second = second call), {args.threads or 'default'} CPU thread(s); "
+        f"medians of {args.repeats} rounds, the ratio's range in brackets"
+        + (
+            "; JAX with a warm persistent compilation cache"
+            if args.jax_compilation_cache
+            else ""
+        )
     )
     header = (
         f"{'backend':<11} {'call':<6} {'fit_full_batch':>14} "
-        f"{'torch loop':>11} {'ratio':>7} {'plain fit':>10}"
+        f"{'torch loop':>11} {'ratio':>7} {'range':>13} {'plain fit':>10} "
+        f"{'jax loop':>9}"
     )
     print(header)
     print("-" * len(header))
-    for backend, result in results.items():
+    for backend in backends:
         for i, label in enumerate(("first", "second")):
-            natural = result["fit_full_batch"][i]
+            natural = [r[backend]["fit_full_batch"][i] for r in rounds]
+            ratios = [n / t[i] for n, t in zip(natural, torch_rates)]
+            spread = f"[{min(ratios):.2f}-{max(ratios):.2f}]"
             print(
-                f"{backend:<11} {label:<6} {natural:>14.0f} "
-                f"{torch_rates[i]:>11.0f} {natural / torch_rates[i]:>6.2f}x "
-                f"{result['plain fit'][i]:>10.0f}"
+                f"{backend:<11} {label:<6} {median(natural):>14.0f} "
+                f"{median(t[i] for t in torch_rates):>11.0f} "
+                f"{median(ratios):>6.2f}x {spread:>13} "
+                f"{rounds[0][backend]['plain fit'][i]:>10.0f} "
+                f"{median(j[i] for j in jax_rates):>9.0f}"
             )
 
 
