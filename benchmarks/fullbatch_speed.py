@@ -41,6 +41,8 @@ import sys
 import time
 
 SAMPLES, FEATURES, HIDDEN = 500, 13, (32, 16)
+# `Rprop(fused=...)`: None, the default, or the `--fused` given.
+FUSED = None
 
 
 def data():
@@ -61,7 +63,8 @@ def keras_model():
     layers = [keras.Input((FEATURES,))]
     layers += [keras.layers.Dense(units, activation="tanh") for units in HIDDEN]
     model = keras.Sequential(layers + [keras.layers.Dense(1)])
-    model.compile(optimizer=keras_rprop.Rprop("irprop-"), loss="mse")
+    optimizer = keras_rprop.Rprop("irprop-", fused=FUSED)
+    model.compile(optimizer=optimizer, loss="mse")
     return model
 
 
@@ -205,6 +208,7 @@ def child(backend, epochs, threads, plain_fit):
 
 
 def main():
+    global HIDDEN, FUSED
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--epochs", type=int, default=300)
@@ -231,11 +235,31 @@ def main():
         "DIR, warmed by one untimed run: the first call of a script that "
         "runs again.",
     )
+    parser.add_argument(
+        "--hidden",
+        default=",".join(map(str, HIDDEN)),
+        help="The hidden layers' widths (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--fused",
+        choices=("none", "true", "false"),
+        default="none",
+        help="The `fused` argument of Rprop: on TensorFlow, whether the "
+        "update is compiled apart with XLA (none: for 2**20 parameters or "
+        "more).",
+    )
+    parser.add_argument(
+        "--skip-plain-fit",
+        action="store_true",
+        help="Do not time plain `model.fit` (slow on large models).",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--plain-fit", action="store_true", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    HIDDEN = tuple(int(width) for width in args.hidden.split(","))
+    FUSED = {"none": None, "true": True, "false": False}[args.fused]
     if args.child:
         result = child(args.child, args.epochs, args.threads, args.plain_fit)
         print(json.dumps(result))
@@ -250,6 +274,7 @@ def main():
         command = [sys.executable, __file__, "--child", backend]
         command += ["--epochs", str(args.epochs)]
         command += ["--threads", str(args.threads)]
+        command += ["--hidden", args.hidden, "--fused", args.fused]
         command += ["--plain-fit"] if plain_fit else []
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         if out.returncode != 0:
@@ -264,7 +289,8 @@ def main():
     for index in range(args.repeats):
         results = {"torch-loop": run("torch-loop")}
         for backend in backends:
-            results[backend] = run(backend, plain_fit=index == 0)
+            plain_fit = index == 0 and not args.skip_plain_fit
+            results[backend] = run(backend, plain_fit=plain_fit)
         results["jax-loop"] = run("jax-loop")
         rounds.append(results)
 
@@ -275,7 +301,9 @@ def main():
     jax_rates = [r["jax-loop"]["jax loop"] for r in rounds]
     print(
         f"{args.epochs} full-batch epochs, MLP {FEATURES}-"
-        f"{'-'.join(map(str, HIDDEN))}-1, {SAMPLES} samples, irprop-; "
+        f"{'-'.join(map(str, HIDDEN))}-1 "
+        f"({rounds[0][backends[0]]['parameters']} parameters), "
+        f"{SAMPLES} samples, irprop- (fused={args.fused}); "
         "epochs per second (first = first call incl. compilation, "
         f"second = second call), {args.threads or 'default'} CPU thread(s); "
         f"medians of {args.repeats} rounds, the ratio's range in brackets"

@@ -220,16 +220,16 @@ def test_fast_path_matches_per_variable_path(variant, small_buckets):
     BACKEND != "tensorflow", reason="the XLA update of TensorFlow's graphs"
 )
 def test_xla_update_default_compiles_only_large_models(monkeypatch):
-    from keras_rprop.optimizers import fast_paths
+    from keras_rprop.optimizers import xla_update
 
     weights = _initial_weights(SHAPES)  # 3,9xx parameters
     gradients = _gradient_sequence(SHAPES, 2)
     for fused, minimum, compiled in [
-        (None, fast_paths.MIN_PARAMETERS, False),
+        (None, xla_update.MIN_PARAMETERS, False),
         (False, 1000, False),
         (None, 1000, True),
     ]:
-        monkeypatch.setattr(fast_paths, "MIN_PARAMETERS", minimum)
+        monkeypatch.setattr(xla_update, "MIN_PARAMETERS", minimum)
         calls = []
         _run("irprop-", "fast", weights, gradients, calls=calls, fused=fused)
         assert bool(calls) is compiled, (fused, minimum)
@@ -665,7 +665,7 @@ def test_fused_kernel_nan_gradient_gives_nan_weight(kernel_runs):
 
 @torch_only
 def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
-    from keras_rprop.optimizers import fast_paths
+    from keras_rprop.optimizers import torch_fused
 
     weights = _initial_weights(SHAPES)
     gradients = _gradient_sequence(SHAPES, 2)
@@ -673,7 +673,7 @@ def test_fused_default_compiles_only_large_models(monkeypatch, kernel_runs):
     assert kernel_runs == []
     _run("irprop-", "fast", weights, gradients, fused=False)
     assert kernel_runs == []
-    monkeypatch.setattr(fast_paths, "MIN_PARAMETERS", 1000)
+    monkeypatch.setattr(torch_fused, "MIN_PARAMETERS", 1000)
     _run("irprop-", "fast", weights, gradients)
     if keras.Variable(1.0).value.device.type == "cpu":
         assert kernel_runs and all(kernel_runs)

@@ -23,11 +23,6 @@ import keras
 from keras_rprop import rule
 from keras_rprop.optimizers import xla_ordered
 
-# Below this many parameters the default (`fused=None`) compiles no update
-# of its own: its one-off compilation costs more than it saves in all but
-# very long runs of a small model.
-MIN_PARAMETERS = 1 << 20
-
 
 def update(optimizer, grads, trainable_variables, learning_rate):
     """Runs a whole step by the backend's own strategy.
@@ -50,7 +45,9 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         from keras_rprop.optimizers import xla_update
 
         if xla_update.is_supported(grads) and use_fused(
-            optimizer, sum(math.prod(v.shape) for v in trainable_variables)
+            optimizer,
+            sum(math.prod(v.shape) for v in trainable_variables),
+            xla_update.MIN_PARAMETERS,
         ):
             xla_update.update(
                 optimizer, grads, trainable_variables, learning_rate
@@ -59,14 +56,16 @@ def update(optimizer, grads, trainable_variables, learning_rate):
     return False
 
 
-def use_fused(optimizer, parameter_count, on_cpu=True):
+def use_fused(optimizer, parameter_count, minimum, on_cpu=True):
     """Whether the update of `optimizer` runs as one compiled program.
 
     `fused=True` always does, `fused=False` never, and `fused=None` does for
-    models of at least `MIN_PARAMETERS` parameters on the CPU.
+    models of at least `minimum` parameters on the CPU: below, the one-off
+    compilation costs more than a small model's faster steps repay in most
+    runs.
     """
     if optimizer.fused is None:
-        return on_cpu and parameter_count >= MIN_PARAMETERS
+        return on_cpu and parameter_count >= minimum
     return optimizer.fused
 
 

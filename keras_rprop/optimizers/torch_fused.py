@@ -22,6 +22,10 @@ import torch
 from keras_rprop import rule
 from keras_rprop.optimizers import fast_paths
 
+# The default (`fused=None`) compiles the kernel for models of at least this
+# many parameters on the CPU, and never on a GPU (see benchmarks/README.md).
+MIN_PARAMETERS = 1 << 20
+
 # Smaller buckets run eagerly: they are cheap either way, and Dynamo would
 # compile separate kernels for sizes 0 and 1.
 MIN_BUCKET_SIZE = 1024
@@ -101,7 +105,10 @@ def use_fused(optimizer, parameter_count, device):
     if state_of(optimizer).failure or is_tracing():
         return False
     return fast_paths.use_fused(
-        optimizer, parameter_count, on_cpu=device.type == "cpu"
+        optimizer,
+        parameter_count,
+        MIN_PARAMETERS,
+        on_cpu=device.type == "cpu",
     )
 
 

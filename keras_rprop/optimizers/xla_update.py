@@ -11,6 +11,12 @@ that already compiles with XLA it is simply inlined.
 
 import tensorflow as tf
 
+# The default (`fused=None`) compiles the update apart for models of at
+# least this many parameters: its compilation (under a second) costs more
+# than the steps of a smaller model save in runs of a few thousand steps
+# (see benchmarks/README.md).
+MIN_PARAMETERS = 1 << 17
+
 
 def is_supported(grads):
     """Whether the update of these gradients can be compiled here.
