@@ -172,3 +172,34 @@ def test_replay_uses_torchscript_only_on_the_cpu():
     state = [torch.zeros(3)]
     off_cpu(state[0], torch.ones(3), torch.ones(3))
     np.testing.assert_array_equal(state[0].numpy(), [1.0, 1.0, 1.0])
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the recorded replay is the PyTorch backend's loop",
+)
+def test_record_skips_fake_values_in_its_own_thread_only(monkeypatch):
+    # A record skips `make_fx`'s fake copy of each tensor; a `make_fx` that
+    # another thread runs meanwhile (a `torch.compile`, say) keeps them.
+    import threading
+
+    from torch.fx.experimental import proxy_tensor
+
+    from keras_rprop.training import torch_replay
+
+    stored = []
+
+    def set_meta(proxy, value):
+        stored.append(value)
+        return proxy
+
+    monkeypatch.setattr(proxy_tensor, "set_meta", set_meta)
+    with torch_replay._without_fake_values():
+        assert proxy_tensor.set_meta("proxy", "own") == "proxy"
+        other = threading.Thread(
+            target=proxy_tensor.set_meta, args=("proxy", "other")
+        )
+        other.start()
+        other.join(timeout=10)
+    assert stored == ["other"]
+    assert proxy_tensor.set_meta is set_meta
