@@ -71,8 +71,7 @@ class Rprop(keras.optimizers.Optimizer):
             update compiled by XLA (under a second per model). `None`
             (default) compiles it for models of at least 2**20 parameters
             on PyTorch's CPU and 2**17 on TensorFlow, `True` always,
-            `False` never.
-            JAX ignores it: XLA compiles its whole step.
+            `False` never. JAX ignores it: XLA compiles its whole step.
         name: String. The name of the optimizer's variables.
         weight_decay: Float. If set, the weights are shrunk by
             `learning_rate * weight_decay` before each step.
