@@ -10,6 +10,7 @@ from keras_rprop.training import engine
 from keras_rprop.training import train_steps
 from keras_rprop.training.chunked import ApplyAccumulated
 from keras_rprop.training.chunked import GradientAccumulator
+from keras_rprop.training.data_checks import check_fit_data
 from keras_rprop.training.fit_loss import bound_train_step
 from keras_rprop.training.minibatch import num_samples
 
@@ -98,6 +99,12 @@ def fit_full_batch(
     """
     _check_arguments(
         model, epochs, steps_per_epoch, chunk_size, chunks_per_epoch
+    )
+    check_fit_data(
+        x,
+        y,
+        fit_kwargs.get("sample_weight"),
+        fit_kwargs.get("validation_data"),
     )
     for name in _OWN_FIT_ARGUMENTS:
         if name in fit_kwargs:
