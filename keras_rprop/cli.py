@@ -2,117 +2,16 @@
 
 `keras-rprop compare` trains the Rprop variants, Keras's Adam and SGD and
 SciPy's L-BFGS and Levenberg-Marquardt on benchmark problems and reports how
-they do; see `docs/compare.md`.
+they do; see `docs/compare.md`. The options are parsed by
+`keras_rprop_cli.parser`, which the command's entry point reads without
+importing this package.
 """
 
-import argparse
 import os
 import subprocess
 import sys
 
-BACKENDS = ("tensorflow", "jax", "torch")
-
-
-def _names(text):
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive integer. Received: {text!r}"
-        )
-    return value
-
-
-def _version():
-    from keras_rprop import __version__
-
-    return __version__
-
-
-def build_parser():
-    """The argument parser of `keras-rprop`."""
-    parser = argparse.ArgumentParser(
-        prog="keras-rprop",
-        description="Rprop optimizers for Keras 3: tools.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {_version()}"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    compare = commands.add_parser(
-        "compare",
-        help="compare the Rprop variants with Adam, SGD, L-BFGS and "
-        "Levenberg-Marquardt on benchmarks",
-        description=(
-            "Trains the same network from the same initial weights with each "
-            "Rprop variant, Keras's Adam and SGD (full batch, through "
-            "keras_rprop.fit_full_batch), Adam with mini-batches of 32 "
-            "(model.fit) and SciPy's L-BFGS-B and Levenberg-Marquardt, for "
-            "several seeds; prints a table per problem with the epochs, "
-            "gradient evaluations and seconds to the target loss, and "
-            "writes table.md, runs.csv, results.json and loss_curves.png."
-        ),
-    )
-    compare.add_argument(
-        "--problems",
-        type=_names,
-        metavar="NAMES",
-        help="comma-separated problems (see --list); default: "
-        "encoder,breast-cancer,diabetes",
-    )
-    compare.add_argument(
-        "--optimizers",
-        type=_names,
-        metavar="NAMES",
-        help="comma-separated optimizers, each optionally NAME:LEARNING_RATE "
-        "(e.g. adam:0.01); default: all",
-    )
-    compare.add_argument(
-        "--seeds",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="number of seeds (initial weights) per optimizer; default: 5",
-    )
-    compare.add_argument(
-        "--epochs",
-        type=_positive_int,
-        metavar="N",
-        help="epoch budget for every problem; default: each problem's own",
-    )
-    compare.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="Keras backend; default: KERAS_BACKEND or Keras's configured one",
-    )
-    compare.add_argument(
-        "--plot-x",
-        choices=("epochs", "evaluations", "seconds"),
-        default="epochs",
-        help="x axis of loss_curves.png: epochs (iterations for lbfgs and "
-        "lm, default), gradient evaluations or seconds",
-    )
-    compare.add_argument(
-        "--output",
-        default=None,
-        metavar="DIR",
-        help="folder for the results; default: ./compare-results",
-    )
-    compare.add_argument(
-        "--list",
-        action="store_true",
-        help="list the problems and optimizers and exit",
-    )
-    compare.add_argument(
-        "--quiet", action="store_true", help="print nothing but errors"
-    )
-    return parser
+from keras_rprop_cli.parser import build_parser
 
 
 def main(argv=None):
