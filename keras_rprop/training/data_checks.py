@@ -31,14 +31,17 @@ _BLOCK_ELEMENTS = 2**20
 _VALIDATION_PARTS = ("inputs", "targets", "sample weights")
 
 
-def check_fit_data(x, y=None, sample_weight=None, validation_data=None):
+def check_fit_data(
+    x, y=None, sample_weight=None, validation_data=None, check_finite=True
+):
     """Checks the data of one `fit_full_batch` call before training.
 
     The training arrays (`x`, `y`, `sample_weight`) must all hold the same
-    number of samples, and so must the arrays of `validation_data`; every
-    floating-point (or complex) array must hold finite values only. Arrays
-    of integers, booleans or strings have nothing to check for finiteness.
-    Data that is not an array (a dataset, a generator) is left out.
+    number of samples, and so must the arrays of `validation_data`. With
+    `check_finite`, every floating-point (or complex) array must also hold
+    finite values only; arrays of integers, booleans or strings have
+    nothing to check there. Data that is not an array (a dataset, a
+    generator) is left out.
 
     Args:
         x: The `x` argument of `fit_full_batch`.
@@ -46,6 +49,8 @@ def check_fit_data(x, y=None, sample_weight=None, validation_data=None):
         sample_weight: Its `sample_weight` argument.
         validation_data: Its `validation_data` argument: a tuple `(x, y)` or
             `(x, y, sample_weight)` of arrays, or a dataset.
+        check_finite: Whether to look for NaN and infinite values, one pass
+            over the data.
 
     Raises:
         ValueError: If the arrays hold different numbers of samples (naming
@@ -53,22 +58,28 @@ def check_fit_data(x, y=None, sample_weight=None, validation_data=None):
             infinity (naming the array, the index of the first such value,
             the value and how many there are).
     """
-    training = [
-        ("x", None, x),
-        ("y", None, y),
-        ("sample_weight", None, sample_weight),
-    ]
+    if not isinstance(check_finite, bool):
+        raise ValueError(
+            "Argument `check_finite` must be True or False. "
+            f"Received: check_finite={check_finite!r}"
+        )
+    training = _named_leaves(
+        [("x", None, x), ("y", None, y), ("sample_weight", None, sample_weight)]
+    )
     _check_cardinality(training, where="")
     validation = []
     if validation_data is not None:
         parts = keras.utils.unpack_x_y_sample_weight(validation_data)
-        validation = [
-            ("validation_data", part, data)
-            for part, data in zip(_VALIDATION_PARTS, parts)
-        ]
+        validation = _named_leaves(
+            [
+                ("validation_data", part, data)
+                for part, data in zip(_VALIDATION_PARTS, parts)
+            ]
+        )
         _check_cardinality(validation, where=" in `validation_data`")
-    for argument, name, leaf in _named_leaves(training + validation):
-        _check_finite(argument, name, leaf)
+    if check_finite:
+        for argument, name, leaf in training + validation:
+            _check_finite(argument, name, leaf)
 
 
 def _named_leaves(arguments):
@@ -77,6 +88,7 @@ def _named_leaves(arguments):
     The name says where the leaf is, as in `` `x['a'][0]` `` or
     `` `validation_data` inputs `['a']` ``.
     """
+    leaves = []
     for argument, part, data in arguments:
         if data is None:
             continue
@@ -90,13 +102,14 @@ def _named_leaves(arguments):
                 name = f"`{argument}` {part} `{where}`"
             else:
                 name = f"`{argument}` {part}"
-            yield argument, name, leaf
+            leaves.append((argument, name, leaf))
+    return leaves
 
 
-def _check_cardinality(named, where):
+def _check_cardinality(leaves, where):
     counts = [
         (name, int(leaf.shape[0]))
-        for _, name, leaf in _named_leaves(named)
+        for _, name, leaf in leaves
         if _is_array(leaf) and len(leaf.shape) > 0
     ]
     if len({count for _, count in counts}) > 1:
@@ -120,10 +133,15 @@ def _check_finite(argument, name, leaf):
     if _skipped(leaf):
         return
     if _library(leaf) is not None:
-        if not _float_dtype(leaf.dtype) or _tensor_all_finite(leaf):
+        if not _float_dtype(leaf.dtype):
             return
         shape, dtype = tuple(leaf.shape), leaf.dtype
-        leaf = _tensor_to_numpy(leaf)
+        array = _cpu_array(leaf)
+        if array is None:
+            if _tensor_all_finite(leaf):
+                return
+            array = _tensor_to_numpy(leaf)
+        leaf = array
     else:
         leaf = np.asarray(leaf)
         if not _float_dtype(leaf.dtype):
@@ -191,6 +209,25 @@ def _dtype_name(dtype):
     # NumPy, ml_dtypes and TensorFlow dtypes have a `name`; PyTorch's print
     # as `torch.float32`.
     return getattr(dtype, "name", None) or str(dtype).rsplit(".", 1)[-1]
+
+
+def _cpu_array(tensor):
+    """A NumPy view of a tensor in CPU memory, `None` if there is none.
+
+    On the CPU, NumPy checks a view of the tensor's memory faster than the
+    tensor's library: PyTorch's `isfinite` is several passes over the data.
+    """
+    library = _library(tensor)
+    if library == "torch":
+        if tensor.device.type != "cpu" or tensor.dtype == _torch().bfloat16:
+            return None
+        return tensor.detach().numpy()
+    if library == "jax":
+        if any(device.platform != "cpu" for device in tensor.devices()):
+            return None
+        return np.asarray(tensor)
+    # TensorFlow copies a tensor to give it to NumPy.
+    return None
 
 
 def _tensor_all_finite(tensor):

@@ -42,6 +42,7 @@ def fit_full_batch(
     steps_per_epoch=1,
     chunk_size=None,
     chunks_per_epoch=None,
+    check_finite=True,
     **fit_kwargs,
 ):
     """Trains `model` with the gradient of the whole training set per step.
@@ -90,6 +91,13 @@ def fit_full_batch(
             from chunks of this many samples, to bound memory use.
         chunks_per_epoch: Number of chunks in one pass over the data, for a
             generator or a dataset of unknown length.
+        check_finite: Whether to check, once before training, that the
+            arrays (`x`, `y`, `sample_weight`, `validation_data`) hold no
+            NaN or infinity, which would make the weights NaN at the first
+            step: a `ValueError` names the array and the first bad value.
+            One pass over the data; datasets and generators are not
+            checked. Arrays of different lengths are refused either way.
+            Defaults to True.
         **fit_kwargs: Other arguments of `model.fit` (`callbacks`,
             `validation_data`, `sample_weight`, `verbose`, ...), except
             `batch_size` and `steps_per_epoch`.
@@ -105,6 +113,7 @@ def fit_full_batch(
         y,
         fit_kwargs.get("sample_weight"),
         fit_kwargs.get("validation_data"),
+        check_finite=check_finite,
     )
     for name in _OWN_FIT_ARGUMENTS:
         if name in fit_kwargs:
