@@ -16,6 +16,9 @@ from keras_rprop.rule import rprop_update
 from keras_rprop.training import LossGoal
 from keras_rprop.training import MiniBatchWarning
 from keras_rprop.training import StepSizeLogger
+from keras_rprop.training import StopOnGeneralizationLoss
+from keras_rprop.training import StopOnProgressQuotient
+from keras_rprop.training import StopOnValidationIncreases
 from keras_rprop.training import enable_loss
 from keras_rprop.training import fit_full_batch
 
@@ -31,6 +34,9 @@ __all__ = [
     "RpropMinus",
     "RpropPlus",
     "StepSizeLogger",
+    "StopOnGeneralizationLoss",
+    "StopOnProgressQuotient",
+    "StopOnValidationIncreases",
     "VARIANTS",
     "enable_loss",
     "fit_full_batch",
