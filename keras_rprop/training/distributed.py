@@ -373,68 +373,6 @@ def across_processes(fit):
     return wrapper
 
 
-class TensorFlowMultiWorkerRunner:
-    """The engine's epochs under `MultiWorkerMirroredStrategy`.
-
-    Every worker runs each epoch in its replica (`strategy.run`), where
-    `global_sums` sums the shards. One compiled call per epoch: TensorFlow
-    refuses a collective inside a loop of a replica's function, so the
-    epochs are a Python loop. Same interface as the engine's runners.
-
-    Args:
-        model: The compiled model, built under the strategy.
-        steps: Optimizer steps per epoch.
-    """
-
-    def __init__(self, model, steps):
-        import tensorflow as tf
-
-        self.model = model
-        self.steps = steps
-        self.strategy = tf_multi_worker_strategy(model)
-        self.data = None
-        self.function = tf.function(self._epoch, autograph=False)
-
-    def _epoch(self, data):
-        from keras_rprop.training import train_steps
-
-        def replica_epoch(x, y, sample_weight):
-            model = self.model
-            for metric in model.metrics:
-                metric.reset_state()
-            for _ in range(self.steps - 1):
-                train_steps.untracked_update(model, x, y, sample_weight)
-            with global_metrics(model.metrics):
-                y_pred = train_steps.update(model, x, y, sample_weight)
-                model.compute_metrics(x, y, y_pred, sample_weight)
-            return model.get_metrics_result()
-
-        logs = self.strategy.run(replica_epoch, args=data)
-        return {
-            key: self.strategy.experimental_local_results(value)[0]
-            for key, value in logs.items()
-        }
-
-    def run(self, epochs, goal=None):
-        logs_by_epoch = []
-        for _ in range(epochs):
-            logs = {
-                key: float(value)
-                for key, value in self.function(self.data).items()
-            }
-            logs_by_epoch.append(logs)
-            if goal is not None and logs["loss"] <= goal:
-                break
-        return logs_by_epoch
-
-
-def runner_class(model):
-    """The engine's runner for a training across processes, else `None`."""
-    if tf_multi_worker_strategy(model) is not None:
-        return TensorFlowMultiWorkerRunner
-    return None
-
-
 # -- Starting from the same state --------------------------------------------
 
 

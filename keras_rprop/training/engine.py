@@ -1,28 +1,46 @@
 """The engine of `fit_full_batch` for data in memory.
 
 `model.fit` on one batch per epoch spends most of its time outside the
-step: a new data iterator, the per-epoch bookkeeping and the callbacks,
-every epoch. This engine converts the data to backend tensors once and
-runs the epochs with compiled code of its own, built on the step of
+step: a new data iterator, the per-epoch bookkeeping, `evaluate` for the
+validation data and the callbacks, every epoch. This engine converts the
+data to backend tensors once and runs the epochs, their validation
+included, with compiled code of its own, built on the step of
 `train_steps`:
 
 - TensorFlow: one `tf.function` with a `tf.while_loop` over epochs.
 - JAX: one `jax.jit` function with a `lax.while_loop` over epochs.
-- PyTorch: one step recorded and replayed (`torch_replay`) per step.
+- PyTorch: one step recorded and replayed (`torch_replay`) per step, and
+  the validation likewise.
 
 Every epoch starts with fresh metrics, runs `steps_per_epoch` optimizer
-steps (the last one feeds the metrics), and yields the epoch's logs. The
-engine drives the callbacks through a `keras.callbacks.CallbackList` as
-`fit` does: `on_train_begin`, then per epoch `on_epoch_begin`,
-`on_train_batch_begin`, `on_train_batch_end`, validation, `on_epoch_end`,
-and `on_train_end`.
+steps (the last one feeds the metrics), validates when `validation_freq`
+says so (Keras's own `test_step` over the validation batches), and yields
+the epoch's logs. The engine drives the callbacks through a
+`keras.callbacks.CallbackList` as `fit` does: `on_train_begin`, then per
+epoch `on_epoch_begin`, `on_train_batch_begin`, `on_train_batch_end`,
+`on_epoch_end`, and `on_train_end`.
 
-When every callback only reads the epochs' logs (the `History`, the
-progress display of `progress.py`, `LossGoal`), several epochs run in one
-compiled call, and their callbacks are called afterwards with each epoch's
-logs. `LossGoal` is checked inside that call, so training stops at the same
-epoch as it would one epoch at a time. An epoch with validation ends a
-call.
+Several epochs run in one compiled call when every callback is one whose
+meaning the engine keeps when it is told of the epochs afterwards:
+
+- callbacks that only read the logs (the `History`, the progress display
+  of `progress.py`, `LossGoal`);
+- Keras's deciding callbacks (`EarlyStopping`, `ReduceLROnPlateau`,
+  `TerminateOnNaN`, the classes themselves, not subclasses) and the
+  stopping criteria of `stopping.py`. They read the logs, the weights
+  (through `model.get_weights`) and the learning rate, and they stop the
+  training or change the learning rate. The engine runs a chunk of epochs
+  ahead, keeping the weights of every epoch when one of them reads them,
+  then calls them epoch by epoch, with `model.get_weights` answering the
+  weights of that epoch. When one of them stops or changes the learning
+  rate before the chunk's last epoch, the training ran too far: the state
+  from before the chunk is restored and the epochs up to that one are run
+  again (the same computation, so the same weights), with the learning
+  rate of that time. A loss goal and `TerminateOnNaN` end the chunk inside
+  the compiled loop, so they never run ahead.
+
+With any other callback, each epoch is one compiled call, told to the
+callbacks as it ends.
 """
 
 import math
@@ -32,18 +50,29 @@ import numpy as np
 from keras.src.trainers.data_adapters import array_slicing
 
 from keras_rprop.training import distributed
+from keras_rprop.training import runners
 from keras_rprop.training import train_steps
+from keras_rprop.training.progress import EpochProgress
 from keras_rprop.training.progress import LossGoal
 from keras_rprop.training.progress import progress_callback
-
-# Compiled epoch loops are kept on the model, past Keras's attribute
-# tracking (they are no state of the model), and reused by the next call
-# with the same step count and data structure.
-_CACHE_ATTRIBUTE = "_keras_rprop_engines"
+from keras_rprop.training.runners import common
 
 # Epochs per compiled call when a progress display is shown: the display is
 # updated about this many times.
 _PROGRESS_UPDATES = 100
+
+# Epochs per compiled call when a deciding callback is told of them
+# afterwards: a stop before the chunk's end runs up to this many epochs
+# again.
+_DECIDING_CHUNK = 64
+
+# The weights of every epoch of a chunk, kept for deciding callbacks that
+# read them, take at most about this many bytes.
+_SNAPSHOT_BYTES = 64 * 2**20
+
+# More validation batches than this are evaluated by `model.evaluate`
+# rather than unrolled into the compiled loop.
+_MAX_VALIDATION_BATCHES = 16
 
 
 def fit_in_memory(
@@ -92,61 +121,76 @@ def fit_in_memory(
         for c in callback_list.callbacks
         if isinstance(c, keras.callbacks.History)
     )
-    goals = [c.goal for c in user_callbacks if isinstance(c, LossGoal)]
-    logs_only = all(_reads_logs_only(c) for c in user_callbacks)
-    if progress is None:
-        chunk = epochs
-    else:
-        chunk = max(1, math.ceil(epochs / _PROGRESS_UPDATES))
+    runner = runners.runner(model, data, steps_per_epoch)
+    validation = None
+    if validation_data is not None:
+        validation = _Validation(
+            model,
+            validation_data,
+            validation_batch_size or samples,
+            in_loop=runner.validates
+            and not any(_reads_evaluation(c) for c in user_callbacks),
+        )
+    plan = _Plan(model, callback_list.callbacks, epochs, progress, validation)
 
-    runner = _runner(model, data, steps_per_epoch)
     model.stop_training = False
     callback_list.on_train_begin()
     initial_epoch = model._initial_epoch or initial_epoch
     epoch = initial_epoch
     training_logs = None
     while epoch < epochs and not model.stop_training:
-        validate = validation_data is not None and model._should_eval(
-            epoch, validation_freq
-        )
-        if logs_only and not validate:
-            count = min(chunk, epochs - epoch)
-            if validation_data is not None:
-                count = min(
-                    count,
-                    _epochs_to_validation(
-                        model, epoch, epochs, validation_freq
-                    ),
-                )
-        else:
-            count = 1
-        if count == 1 or not logs_only:
+        count = plan.chunk(epoch)
+        validate = None
+        if validation is not None:
+            validate = [
+                model._should_eval(e, validation_freq)
+                for e in range(epoch, epoch + count)
+            ]
+        if count == 1 and not plan.told_afterwards:
+            # Callbacks that need each epoch as it happens.
             callback_list.on_epoch_begin(epoch)
             callback_list.on_train_batch_begin(0)
-            logs = runner.run(1)[0]
-            callback_list.on_train_batch_end(0, logs)
-            logs_by_epoch = [logs]
-        else:
-            logs_by_epoch = runner.run(count, max(goals, default=None))
-        for offset, logs in enumerate(logs_by_epoch):
-            logs = dict(logs)
-            if count > 1 and logs_only:
-                callback_list.on_epoch_begin(epoch + offset)
-            # A chunk of epochs ends at an epoch with validation.
-            if validation_data is not None and model._should_eval(
-                epoch + offset, validation_freq
-            ):
-                logs.update(
-                    _validate(
-                        model,
-                        validation_data,
-                        validation_batch_size or samples,
-                        callback_list,
-                    )
-                )
-            callback_list.on_epoch_end(epoch + offset, logs)
+            result = runner.run(1, validation=validation, validate=validate)
+            logs = dict(result.logs[0])
+            callback_list.on_train_batch_end(0, _training_only(logs))
+            logs.update(_late_validation(validation, validate, 0))
+            callback_list.on_epoch_end(epoch, logs)
             training_logs = logs
-        epoch += len(logs_by_epoch)
+            epoch += 1
+            continue
+
+        saved = _State(model) if plan.decides else None
+        learning_rate = _learning_rate(model)
+        options = dict(
+            goal=plan.goal,
+            stop_on_nan=plan.stop_on_nan,
+            snapshots=plan.snapshots,
+            validation=validation,
+        )
+        result = runner.run(count, validate=validate, **options)
+        ran = len(result.logs)
+        for offset, logs in enumerate(result.logs):
+            logs = dict(logs)
+            callback_list.on_epoch_begin(epoch + offset)
+            callback_list.on_train_batch_begin(0)
+            callback_list.on_train_batch_end(0, _training_only(logs))
+            logs.update(_late_validation(validation, validate, offset))
+            with _weights_of_epoch(model, result.weights, offset):
+                callback_list.on_epoch_end(epoch + offset, logs)
+            training_logs = logs
+            new_learning_rate = _learning_rate(model)
+            if offset + 1 < ran and (
+                model.stop_training or new_learning_rate != learning_rate
+            ):
+                # Decided before the chunk's last epoch: train again up to
+                # this epoch, as it would have run.
+                # The same compiled call, so the same computation.
+                saved.restore()
+                runner.run(offset + 1, validate=validate, **options)
+                _set_learning_rate(model, new_learning_rate)
+                ran = offset + 1
+                break
+        epoch += ran
 
     if epochs > initial_epoch and isinstance(
         model.optimizer, keras.optimizers.Optimizer
@@ -156,39 +200,202 @@ def fit_in_memory(
     return history
 
 
+# -- Which callbacks may be told of epochs afterwards -------------------------
+
+
+def _deciding_classes():
+    try:  # TODO(engine): until stopping.py lands
+        from keras_rprop.training import stopping
+
+        criteria = tuple(getattr(stopping, "STOPPING_CRITERIA", ()))
+    except ImportError:
+        criteria = ()
+    return (
+        keras.callbacks.EarlyStopping,
+        keras.callbacks.ReduceLROnPlateau,
+        keras.callbacks.TerminateOnNaN,
+        *criteria,
+    )
+
+
 def _reads_logs_only(callback):
-    """Whether a callback may be told of an epoch after later ones ran."""
-    return isinstance(callback, (keras.callbacks.History, LossGoal))
-
-
-def _epochs_to_validation(model, epoch, epochs, frequency):
-    count = 1
-    while epoch + count < epochs and not model._should_eval(
-        epoch + count - 1, frequency
-    ):
-        count += 1
-    return count
-
-
-def _validate(model, validation_data, batch_size, callback_list):
-    val_x, val_y, val_sample_weight = keras.utils.unpack_x_y_sample_weight(
-        validation_data
+    return type(callback) in (keras.callbacks.History, EpochProgress) or (
+        isinstance(callback, LossGoal)
     )
-    logs = model.evaluate(
-        x=val_x,
-        y=val_y,
-        sample_weight=val_sample_weight,
-        batch_size=batch_size,
-        callbacks=callback_list,
-        return_dict=True,
+
+
+def _reads_weights(callback):
+    return bool(getattr(callback, "restore_best_weights", False))
+
+
+def _reads_evaluation(callback):
+    """Whether a callback wants to be called while validation runs."""
+    return any(
+        getattr(type(callback), name)
+        is not getattr(keras.callbacks.Callback, name)
+        for name in (
+            "on_test_begin",
+            "on_test_end",
+            "on_test_batch_begin",
+            "on_test_batch_end",
+        )
     )
-    variables = distributed.summed_metric_variables(model.metrics)
-    if variables:
-        # Across processes: the metrics of every process's validation data
-        # (`evaluate` reset them first).
-        distributed.add_metric_updates(variables)
-        logs = _floats(model.get_metrics_result())
-    return {f"val_{name}": value for name, value in logs.items()}
+
+
+class _Plan:
+    """How many epochs each compiled call runs, and what it watches."""
+
+    def __init__(self, model, callbacks, epochs, progress, validation):
+        deciding = _deciding_classes()
+        self.decides = any(type(c) in deciding for c in callbacks)
+        self.told_afterwards = all(
+            _reads_logs_only(c) or type(c) in deciding for c in callbacks
+        )
+        goals = [c.goal for c in callbacks if isinstance(c, LossGoal)]
+        self.goal = max(goals, default=None)
+        self.stop_on_nan = any(
+            type(c) is keras.callbacks.TerminateOnNaN for c in callbacks
+        )
+        self.snapshots = any(
+            type(c) in deciding and _reads_weights(c) for c in callbacks
+        )
+        if not self.told_afterwards:
+            self.size = 1
+        elif progress is not None:
+            self.size = max(1, math.ceil(epochs / _PROGRESS_UPDATES))
+        else:
+            self.size = epochs
+        if self.decides:
+            self.size = min(self.size, _DECIDING_CHUNK)
+        if self.snapshots:
+            weight_bytes = sum(
+                math.prod(w.shape) * np.dtype(w.dtype).itemsize
+                for w in model.weights
+            )
+            self.size = min(
+                self.size, max(1, _SNAPSHOT_BYTES // max(1, weight_bytes))
+            )
+        self.epochs = epochs
+
+    def chunk(self, epoch):
+        return min(self.size, self.epochs - epoch)
+
+
+def _training_only(logs):
+    return {k: v for k, v in logs.items() if not k.startswith("val_")}
+
+
+class _State:
+    """The values of the model's and optimizer's variables, to restore."""
+
+    def __init__(self, model):
+        self.variables = list(model.variables) + list(model.optimizer.variables)
+        self.values = [
+            np.array(keras.ops.convert_to_numpy(v.value))
+            for v in self.variables
+        ]
+
+    def restore(self):
+        for variable, value in zip(self.variables, self.values):
+            variable.assign(value)
+
+
+def _learning_rate(model):
+    """The learning rate held in a variable (not a schedule), or `None`."""
+    learning_rate = model.optimizer.learning_rate
+    if not isinstance(learning_rate, keras.Variable):
+        return None
+    return float(keras.ops.convert_to_numpy(learning_rate))
+
+
+def _set_learning_rate(model, value):
+    if value is not None:
+        model.optimizer.learning_rate = value
+
+
+class _weights_of_epoch:
+    """`model.get_weights` answers the weights of one epoch of a chunk."""
+
+    def __init__(self, model, weights, offset):
+        self.model = model
+        self.weights = None if weights is None else weights[offset]
+
+    def __enter__(self):
+        if self.weights is not None:
+            weights = self.weights
+            object.__setattr__(
+                self.model,
+                "get_weights",
+                lambda: [np.array(w) for w in weights],
+            )
+
+    def __exit__(self, *exc_info):
+        if self.weights is not None:
+            del self.model.__dict__["get_weights"]
+
+
+# -- Validation ---------------------------------------------------------------
+
+
+class _Validation:
+    """The validation data in batches, evaluated in the loop or afterwards.
+
+    In the compiled loop, an epoch with validation resets the metrics and
+    runs the model's own `test_step` over the batches, as `evaluate` does.
+    When a callback wants to be called during evaluation, or the batches
+    are too many to unroll, `model.evaluate` runs after the epoch instead.
+    """
+
+    def __init__(self, model, validation_data, batch_size, in_loop):
+        self.model = model
+        self.batch_size = batch_size
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            validation_data
+        )
+        self.data = (x, y, sample_weight)
+        tensors = _to_tensors(self.data)
+        samples = int(train_steps.batch_size(tensors[0]))
+        starts = range(0, samples, batch_size)
+        self.in_loop = in_loop and len(starts) <= _MAX_VALIDATION_BATCHES
+        self.batches = ()
+        if self.in_loop:
+            self.batches = tuple(
+                keras.tree.map_structure(
+                    lambda t, s=start: (
+                        None if t is None else t[s : s + batch_size]
+                    ),
+                    tensors,
+                )
+                for start in starts
+            )
+
+    def evaluate(self, callbacks=None):
+        x, y, sample_weight = self.data
+        logs = self.model.evaluate(
+            x=x,
+            y=y,
+            sample_weight=sample_weight,
+            batch_size=self.batch_size,
+            callbacks=callbacks,
+            verbose=0,
+            return_dict=True,
+        )
+        variables = distributed.summed_metric_variables(self.model.metrics)
+        if variables:
+            # Across processes: the metrics of every process's validation
+            # data (`evaluate` reset them first).
+            distributed.add_metric_updates(variables)
+            logs = common.floats(self.model.get_metrics_result())
+        return {f"val_{name}": value for name, value in logs.items()}
+
+
+def _late_validation(validation, validate, offset):
+    if validation is None or validation.in_loop or not validate[offset]:
+        return {}
+    return validation.evaluate()
+
+
+# -- Data ---------------------------------------------------------------------
 
 
 def _to_tensors(data):
@@ -205,270 +412,3 @@ def _build(model, data):
     model._symbolic_build(data_batch=data)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-
-
-def _runner(model, data, steps):
-    backend = keras.backend.backend()
-    key = (
-        backend,
-        steps,
-        str(keras.tree.map_structure(_spec, data)),
-        id(model.optimizer),
-        id(model._loss_tracker),
-        model.jit_compile,
-    )
-    cache = model.__dict__.get(_CACHE_ATTRIBUTE)
-    if cache is None:
-        cache = {}
-        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
-    runner = cache.get(key)
-    if runner is None:
-        runner = (distributed.runner_class(model) or _RUNNERS[backend])(
-            model, steps
-        )
-        cache.clear()
-        cache[key] = runner
-    runner.data = data
-    return runner
-
-
-def _spec(value):
-    if value is None:
-        return None
-    return (tuple(value.shape), str(value.dtype))
-
-
-def _log_keys(model):
-    model.reset_metrics()
-    if keras.backend.backend() == "jax":
-        import jax
-
-        # The names alone: computed eagerly, each metric's `result` would
-        # compile small programs on a first call.
-        return list(jax.eval_shape(model.get_metrics_result))
-    return list(model.get_metrics_result())
-
-
-def _floats(logs):
-    return {key: float(value) for key, value in logs.items()}
-
-
-class _TensorFlowRunner:
-    """Epochs in one `tf.function`: a `tf.while_loop` over epochs."""
-
-    def __init__(self, model, steps):
-        import tensorflow as tf
-
-        self.model = model
-        self.steps = steps
-        self.keys = _log_keys(model)
-        self.data = None
-        # Keras compiles its own steps without AutoGraph too: the step has
-        # no Python control flow on tensors to convert.
-        self.function = tf.function(
-            self._epochs,
-            autograph=False,
-            jit_compile=bool(model.jit_compile),
-            reduce_retracing=True,
-        )
-
-    def _epochs(self, data, epochs, goal):
-        import tensorflow as tf
-
-        model = self.model
-        x, y, sample_weight = data
-
-        def body(epoch, stop, values):
-            for metric in model.metrics:
-                metric.reset_state()
-            if self.steps > 1:
-                tf.while_loop(
-                    lambda i: i < self.steps - 1,
-                    lambda i: _untracked(model, data, i),
-                    (tf.constant(0),),
-                    parallel_iterations=1,
-                )
-            y_pred = train_steps.update(model, x, y, sample_weight)
-            logs = model.compute_metrics(x, y, y_pred, sample_weight)
-            values = [
-                array.write(epoch, tf.cast(logs[key], "float32"))
-                for array, key in zip(values, self.keys)
-            ]
-            stop = tf.cast(logs["loss"], "float32") <= goal
-            return epoch + 1, stop, values
-
-        values = [tf.TensorArray("float32", size=epochs) for _ in self.keys]
-        count, _, values = tf.while_loop(
-            lambda epoch, stop, values: tf.logical_and(
-                epoch < epochs, tf.logical_not(stop)
-            ),
-            body,
-            (tf.constant(0), tf.constant(False), values),
-            parallel_iterations=1,
-        )
-        return count, [array.stack() for array in values]
-
-    def run(self, epochs, goal=None):
-        import tensorflow as tf
-
-        count, values = self.function(
-            self.data,
-            tf.constant(epochs),
-            tf.constant(-np.inf if goal is None else goal, "float32"),
-        )
-        count = int(count)
-        values = [np.asarray(v)[:count] for v in values]
-        return [
-            {key: float(v[i]) for key, v in zip(self.keys, values)}
-            for i in range(count)
-        ]
-
-
-def _untracked(model, data, i):
-    train_steps.untracked_update(model, *data)
-    return (i + 1,)
-
-
-class _JaxRunner:
-    """Epochs in one `jax.jit` function: a `lax.while_loop` over epochs."""
-
-    def __init__(self, model, steps):
-        import jax
-
-        self.model = model
-        self.steps = steps
-        self.keys = _log_keys(model)
-        self.data = None
-        self.function = jax.jit(self._epochs, static_argnames=("size",))
-
-    def _epochs(self, state, data, epochs, goal, size):
-        import jax
-        import jax.numpy as jnp
-
-        model = self.model
-        x, y, sample_weight = data
-        fresh_metrics = state[3]
-
-        def body(carry):
-            epoch, _, state, values = carry
-            state = (*state[:3], fresh_metrics)
-            if self.steps > 1:
-                state = train_steps.jax_repeat(
-                    model, state, x, y, sample_weight, self.steps - 1
-                )
-            state, loss, y_pred = train_steps.jax_update(
-                model, state, x, y, sample_weight
-            )
-            logs, metrics = train_steps.jax_update_metrics(
-                model, state[3], loss, x, y, y_pred, sample_weight
-            )
-            values = [
-                array.at[epoch].set(jnp.asarray(logs[key], "float32"))
-                for array, key in zip(values, self.keys)
-            ]
-            stop = jnp.asarray(logs["loss"], "float32") <= goal
-            return epoch + 1, stop, (*state[:3], metrics), values
-
-        values = [jnp.zeros((size,), "float32") for _ in self.keys]
-        count, _, state, values = jax.lax.while_loop(
-            lambda carry: (carry[0] < epochs) & ~carry[1],
-            body,
-            (jnp.asarray(0), jnp.asarray(False), tuple(state), values),
-        )
-        return count, state, values
-
-    def run(self, epochs, goal=None):
-        model = self.model
-        groups = (
-            model.trainable_variables,
-            model.non_trainable_variables,
-            model.optimizer.variables,
-            model.metrics_variables,
-        )
-        model.reset_metrics()
-        state = tuple([v.value for v in group] for group in groups)
-        # One compiled size per power of two of epochs, so that calls with
-        # other epoch counts reuse it.
-        size = 1 << max(0, epochs - 1).bit_length()
-        count, state, values = self.function(
-            state,
-            self.data,
-            epochs,
-            -np.inf if goal is None else goal,
-            size=size,
-        )
-        for group, new_values in zip(groups, state):
-            for variable, value in zip(group, new_values):
-                variable.assign(value)
-        count = int(count)
-        values = [np.asarray(v)[:count] for v in values]
-        return [
-            {key: float(v[i]) for key, v in zip(self.keys, values)}
-            for i in range(count)
-        ]
-
-
-class _TorchRunner:
-    """Epochs in Python; each step replays one recorded step."""
-
-    def __init__(self, model, steps):
-        self.model = model
-        self.steps = steps
-        self.data = None
-
-    def run(self, epochs, goal=None):
-        import torch
-
-        from keras_rprop.training import torch_replay
-
-        model = self.model
-        untracked = None
-        if self.steps > 1:
-            untracked = torch_replay.stepper(
-                model, train_steps.untracked_update, self.data
-            )
-        tracked = torch_replay.stepper(model, _tracked_update, self.data)
-        # With the loss as the only metric, an epoch's log is its loss
-        # tracker's sum and count, read once after the epochs.
-        loss_only = list(model.metrics) == [model._loss_tracker]
-        tracker = model._loss_tracker
-        logs_by_epoch = []
-        sums = []
-        for _ in range(epochs):
-            for _ in range(self.steps - 1):
-                untracked()
-            tracked()
-            if loss_only and goal is None:
-                sums.append(
-                    (tracker.total.value.clone(), tracker.count.value.clone())
-                )
-                continue
-            logs = _floats(model.get_metrics_result())
-            logs_by_epoch.append(logs)
-            if goal is not None and logs["loss"] <= goal:
-                break
-        if sums:
-            totals, counts = (torch.stack(v) for v in zip(*sums))
-            losses = keras.ops.divide_no_nan(totals, counts)
-            logs_by_epoch = [{"loss": loss} for loss in losses.tolist()]
-        return logs_by_epoch
-
-
-def _tracked_update(model, x, y, sample_weight):
-    """An optimizer step that feeds fresh metrics (PyTorch)."""
-    import torch
-
-    for metric in model.metrics:
-        metric.reset_state()
-    with distributed.global_metrics(model.metrics):
-        y_pred = train_steps.update(model, x, y, sample_weight)
-        with torch.no_grad():
-            if model._compile_metrics is not None:
-                model._compile_metrics.update_state(y, y_pred, sample_weight)
-
-
-_RUNNERS = {
-    "tensorflow": _TensorFlowRunner,
-    "jax": _JaxRunner,
-    "torch": _TorchRunner,
-}

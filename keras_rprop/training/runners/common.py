@@ -1,0 +1,76 @@
+"""What the runners of the engine share: their result and its logs."""
+
+import keras
+import numpy as np
+
+
+class Result:
+    """What a runner's call gives: the logs and weights of each epoch run."""
+
+    def __init__(self, logs, weights=None):
+        self.logs = logs
+        self.weights = weights
+
+
+def log_keys(model):
+    model.reset_metrics()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        # The names alone: computed eagerly, each metric's `result` would
+        # compile small programs on a first call.
+        return list(jax.eval_shape(model.get_metrics_result))
+    return list(model.get_metrics_result())
+
+
+def floats(logs):
+    return {key: float(value) for key, value in logs.items()}
+
+
+def epoch_logs(keys, train, val, validate, count):
+    """The logs of each epoch from the arrays of the compiled loop."""
+    train = [np.asarray(v)[:count] for v in train]
+    val = [np.asarray(v)[:count] for v in val] if val else None
+    logs = []
+    for i in range(count):
+        epoch_logs = {key: float(v[i]) for key, v in zip(keys, train)}
+        if val is not None and validate[i]:
+            epoch_logs.update(
+                {f"val_{key}": float(v[i]) for key, v in zip(keys, val)}
+            )
+        logs.append(epoch_logs)
+    return logs
+
+
+def capacity(epochs):
+    return 1 << max(0, epochs - 1).bit_length()
+
+
+def mask(validate, size):
+    """Which epochs validate, padded to `size` epochs."""
+    mask = np.zeros((size,), bool)
+    if validate is not None:
+        mask[: len(validate)] = validate
+    return mask
+
+
+def in_loop_batches(validation):
+    if validation is None or not validation.in_loop:
+        return ()
+    return validation.batches
+
+
+def snapshots_by_epoch(arrays, count):
+    if arrays is None:
+        return None
+    arrays = [np.asarray(a) for a in arrays]
+    return [[a[i] for a in arrays] for i in range(count)]
+
+
+def stop_condition(loss, goal, stop_on_nan):
+    """Whether a compiled loop ends after an epoch with this loss."""
+    ops = keras.ops
+    stop = ops.less_equal(loss, goal)
+    if stop_on_nan:
+        stop = ops.logical_or(stop, ops.logical_not(ops.isfinite(loss)))
+    return stop

@@ -1,0 +1,122 @@
+"""The engine's epochs on PyTorch: recorded steps, replayed."""
+
+import math
+
+import keras
+
+from keras_rprop.training import distributed
+from keras_rprop.training import train_steps
+from keras_rprop.training.runners import common
+
+
+class TorchRunner:
+    """Epochs in Python; each step replays one recorded step."""
+
+    validates = True
+
+    def __init__(self, model, steps):
+        self.model = model
+        self.steps = steps
+        self.data = None
+
+    def run(
+        self,
+        epochs,
+        goal=None,
+        stop_on_nan=False,
+        snapshots=False,
+        validation=None,
+        validate=None,
+    ):
+        import torch
+
+        from keras_rprop.training import torch_replay
+
+        model = self.model
+        untracked = None
+        if self.steps > 1:
+            untracked = torch_replay.stepper(
+                model, train_steps.untracked_update, self.data
+            )
+        tracked = torch_replay.stepper(model, _tracked_update, self.data)
+        validating = None
+        if (
+            validation is not None
+            and validation.in_loop
+            and any(validate or ())
+        ):
+            validating = torch_replay.stepper(
+                model, _validation_step, (validation.batches, None, None)
+            )
+        # With the loss as the only metric and nothing that reads an
+        # epoch's logs during the loop, an epoch's log is its loss
+        # tracker's sum and count, read once after the epochs.
+        loss_only = (
+            list(model.metrics) == [model._loss_tracker]
+            and goal is None
+            and not stop_on_nan
+            and validating is None
+        )
+        tracker = model._loss_tracker
+        logs_by_epoch = []
+        weights = [] if snapshots else None
+        sums = []
+        for epoch in range(epochs):
+            for _ in range(self.steps - 1):
+                untracked()
+            tracked()
+            if loss_only:
+                sums.append(
+                    (tracker.total.value.clone(), tracker.count.value.clone())
+                )
+            else:
+                logs = common.floats(model.get_metrics_result())
+                if validating is not None and validate[epoch]:
+                    validating()
+                    logs.update(
+                        {
+                            f"val_{key}": value
+                            for key, value in common.floats(
+                                model.get_metrics_result()
+                            ).items()
+                        }
+                    )
+                logs_by_epoch.append(logs)
+            if snapshots:
+                weights.append(
+                    [keras.ops.convert_to_numpy(w.value) for w in model.weights]
+                )
+            if not loss_only and (
+                (goal is not None and logs["loss"] <= goal)
+                or (stop_on_nan and not math.isfinite(logs["loss"]))
+            ):
+                break
+        if sums:
+            totals, counts = (torch.stack(v) for v in zip(*sums))
+            losses = keras.ops.divide_no_nan(totals, counts)
+            logs_by_epoch = [{"loss": loss} for loss in losses.tolist()]
+        return common.Result(logs_by_epoch, weights)
+
+
+def _tracked_update(model, x, y, sample_weight):
+    """An optimizer step that feeds fresh metrics (PyTorch)."""
+    import torch
+
+    for metric in model.metrics:
+        metric.reset_state()
+    with distributed.global_metrics(model.metrics):
+        y_pred = train_steps.update(model, x, y, sample_weight)
+        with torch.no_grad():
+            if model._compile_metrics is not None:
+                model._compile_metrics.update_state(y, y_pred, sample_weight)
+
+
+def _validation_step(model, batches, _y, _sample_weight):
+    """The metrics of the validation batches, as `evaluate` has them."""
+    import torch
+
+    for metric in model.metrics:
+        metric.reset_state()
+    with torch.no_grad(), distributed.global_metrics(model.metrics):
+        for batch in batches:
+            model.test_step(batch)
