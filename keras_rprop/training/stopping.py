@@ -240,6 +240,35 @@ class _PrecheltStopping(keras.callbacks.Callback):
                 )
 
 
+# The end of every criterion's docstring: its last arguments, attributes
+# and references, shared as Keras's optimizers share theirs.
+_SHARED_ARGS = """\
+        restore_best_weights: Whether to restore, when training ends
+            (stopped or not), the weights of the epoch with the lowest
+            `monitor`, as PROBEN1 does. If `False`, the weights of the last
+            epoch are kept. Defaults to `True`.
+        start_from_epoch: Number of epochs to ignore before monitoring
+            starts (a warm-up). Defaults to `0`.
+        verbose: 0 or 1: with 1, a message when training stops and when the
+            best weights are restored. Defaults to `0`.
+
+    Attributes:
+        stopped_epoch: The epoch (counted from 0) after which training was
+            stopped, `0` if it was not.
+        best: The lowest validation error, `E_opt`.
+        best_epoch: The epoch (counted from 0) of `best`.
+        best_weights: The weights after `best_epoch`, if
+            `restore_best_weights`.
+
+    References:
+        - Prechelt, "Early stopping - but when?", in Neural Networks: Tricks
+          of the Trade, Springer LNCS 1524, 1998.
+        - Prechelt, "PROBEN1 - A set of neural network benchmark problems
+          and benchmarking rules", Technical Report 21/94, Universitaet
+          Karlsruhe, 1994.
+"""
+
+
 class StopOnGeneralizationLoss(_PrecheltStopping):
     """Stops training when the generalization loss exceeds `alpha` (GL).
 
@@ -296,29 +325,7 @@ class StopOnGeneralizationLoss(_PrecheltStopping):
             `5`, PROBEN1's.
         training_monitor: The training error `E_tr` of `P_k`, a log entry.
             Defaults to `"loss"`.
-        restore_best_weights: Whether to restore, when training ends
-            (stopped or not), the weights of the epoch with the lowest
-            `monitor`, as PROBEN1 does. If `False`, the weights of the last
-            epoch are kept. Defaults to `True`.
-        start_from_epoch: Number of epochs to ignore before monitoring
-            starts (a warm-up). Defaults to `0`.
-        verbose: 0 or 1: with 1, a message when training stops and when the
-            best weights are restored. Defaults to `0`.
-
-    Attributes:
-        stopped_epoch: The epoch (counted from 0) after which training was
-            stopped, `0` if it was not.
-        best: The lowest validation error, `E_opt`.
-        best_epoch: The epoch (counted from 0) of `best`.
-        best_weights: The weights after `best_epoch`, if
-            `restore_best_weights`.
-
-    References:
-        - Prechelt, "Early stopping - but when?", in Neural Networks: Tricks
-          of the Trade, Springer LNCS 1524, 1998.
-        - Prechelt, "PROBEN1 - A set of neural network benchmark problems
-          and benchmarking rules", Technical Report 21/94, Universitaet
-          Karlsruhe, 1994.
+        {{shared_args}}
     """
 
     def __init__(
@@ -405,29 +412,7 @@ class StopOnProgressQuotient(_PrecheltStopping):
         min_progress: If not `None`, also stop at a strip end where
             `P_k(t) < min_progress`, as PROBEN1 does with `0.1`. Defaults
             to `None`.
-        restore_best_weights: Whether to restore, when training ends
-            (stopped or not), the weights of the epoch with the lowest
-            `monitor`, as PROBEN1 does. If `False`, the weights of the last
-            epoch are kept. Defaults to `True`.
-        start_from_epoch: Number of epochs to ignore before monitoring
-            starts (a warm-up). Defaults to `0`.
-        verbose: 0 or 1: with 1, a message when training stops and when the
-            best weights are restored. Defaults to `0`.
-
-    Attributes:
-        stopped_epoch: The epoch (counted from 0) after which training was
-            stopped, `0` if it was not.
-        best: The lowest validation error, `E_opt`.
-        best_epoch: The epoch (counted from 0) of `best`.
-        best_weights: The weights after `best_epoch`, if
-            `restore_best_weights`.
-
-    References:
-        - Prechelt, "Early stopping - but when?", in Neural Networks: Tricks
-          of the Trade, Springer LNCS 1524, 1998.
-        - Prechelt, "PROBEN1 - A set of neural network benchmark problems
-          and benchmarking rules", Technical Report 21/94, Universitaet
-          Karlsruhe, 1994.
+        {{shared_args}}
     """
 
     _decides_at_strip_ends = True
@@ -515,29 +500,7 @@ class StopOnValidationIncreases(_PrecheltStopping):
             training progress `P_k(t) = 1000 * (sum(E_tr over the strip) /
             (k * min(E_tr over the strip)) - 1)` is below it, as PROBEN1
             does with `0.1`. Defaults to `None`.
-        restore_best_weights: Whether to restore, when training ends
-            (stopped or not), the weights of the epoch with the lowest
-            `monitor`, as PROBEN1 does. If `False`, the weights of the last
-            epoch are kept. Defaults to `True`.
-        start_from_epoch: Number of epochs to ignore before monitoring
-            starts (a warm-up). Defaults to `0`.
-        verbose: 0 or 1: with 1, a message when training stops and when the
-            best weights are restored. Defaults to `0`.
-
-    Attributes:
-        stopped_epoch: The epoch (counted from 0) after which training was
-            stopped, `0` if it was not.
-        best: The lowest validation error, `E_opt`.
-        best_epoch: The epoch (counted from 0) of `best`.
-        best_weights: The weights after `best_epoch`, if
-            `restore_best_weights`.
-
-    References:
-        - Prechelt, "Early stopping - but when?", in Neural Networks: Tricks
-          of the Trade, Springer LNCS 1524, 1998.
-        - Prechelt, "PROBEN1 - A set of neural network benchmark problems
-          and benchmarking rules", Technical Report 21/94, Universitaet
-          Karlsruhe, 1994.
+        {{shared_args}}
     """
 
     _decides_at_strip_ends = True
@@ -588,6 +551,16 @@ class StopOnValidationIncreases(_PrecheltStopping):
             )
         return None
 
+
+for _criterion in (
+    StopOnGeneralizationLoss,
+    StopOnProgressQuotient,
+    StopOnValidationIncreases,
+):
+    if _criterion.__doc__:  # None under `python -OO`.
+        _criterion.__doc__ = _criterion.__doc__.replace(
+            "        {{shared_args}}\n", _SHARED_ARGS
+        )
 
 # The classes whose every reading of the model goes through the logs,
 # `get_weights` and `set_weights`, for the engine of `fit_full_batch`.
