@@ -184,23 +184,51 @@ def test_the_engine_alone_gives_the_same_result(name):
         np.testing.assert_allclose(a, b)
 
 
-def test_proben1_rule_with_validation_every_five_epochs():
-    stop = keras_rprop.StopOnGeneralizationLoss(alpha=5.0, min_progress=0.1)
+def rose_in_a_row(val, strips):
+    """Whether `val` rose at each of the `strips` entries up to each one."""
+    rose = np.diff(np.asarray(val, np.float64)) > 0
+    runs = np.convolve(rose, np.ones(strips, int), mode="full")[: len(rose)]
+    return np.concatenate([[False], runs == strips])
+
+
+# The docstrings' examples: validation every 5 epochs, at most 3000.
+EVERY_FIVE_EPOCHS = {
+    "gl, PROBEN1's rule": (
+        lambda: keras_rprop.StopOnGeneralizationLoss(
+            alpha=5.0, min_progress=0.1
+        ),
+        lambda gl, progress, val: (gl > 5.0) | (progress < 0.1),
+    ),
+    "pq": (
+        lambda: keras_rprop.StopOnProgressQuotient(alpha=0.5),
+        lambda gl, progress, val: gl / progress > 0.5,
+    ),
+    "up": (
+        lambda: keras_rprop.StopOnValidationIncreases(strips=3),
+        lambda gl, progress, val: rose_in_a_row(val, 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_FIVE_EPOCHS))
+def test_validation_every_five_epochs(name):
+    make, fires = EVERY_FIVE_EPOCHS[name]
+    criterion = make()
     with warnings_about("val_loss") as caught:
         model, history, recorder = train(
-            stop, "fit_full_batch", epochs=3000, validation_freq=5
+            criterion, "fit_full_batch", epochs=3000, validation_freq=5
         )
     assert not caught  # Epochs without validation are expected.
     logged = history.history
-    validated = [e for e in history.epoch if (e + 1) % 5 == 0]
-    assert len(logged["val_loss"]) == len(validated)
+    ends, progress = strip_ends_and_progress(logged["loss"], 5)
     val = np.asarray(logged["val_loss"], np.float64)
-    _, progress = strip_ends_and_progress(logged["loss"], 5)
-    fires = (generalization_losses(val) > 5.0) | (progress < 0.1)
-    expected = validated[first(np.flatnonzero(fires))]
-    assert history.epoch[-1] == stop.stopped_epoch == expected
-    best_epoch = validated[int(np.argmin(val))]
-    assert stop.best_epoch == best_epoch
+    # Validated at the strip ends only, and stopped at one.
+    assert len(val) == len(ends) and history.epoch[-1] == ends[-1]
+    hits = np.flatnonzero(fires(generalization_losses(val), progress, val))
+    assert len(hits), "the criterion should fire within the run"
+    assert history.epoch[-1] == criterion.stopped_epoch == ends[hits[0]]
+    best_epoch = int(ends[np.argmin(val)])
+    assert criterion.best_epoch == best_epoch < criterion.stopped_epoch
     for restored, recorded in zip(
         model.get_weights(), recorder.weights[best_epoch]
     ):
