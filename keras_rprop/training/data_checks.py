@@ -18,6 +18,8 @@ a generator). Sparse and ragged tensors are counted for their samples but
 not checked for finiteness.
 """
 
+import sys
+
 import keras
 import numpy as np
 from keras.src.trainers.data_adapters import data_adapter_utils
@@ -180,7 +182,7 @@ def _skipped(leaf):
         or data_adapter_utils.is_scipy_sparse(leaf)
     ):
         return True
-    if data_adapter_utils.is_torch_tensor(leaf):
+    if _library(leaf) == "torch":
         return leaf.layout is not _torch().strided
     # Datasets, generators and other sources of chunks.
     return not (
@@ -192,12 +194,18 @@ def _skipped(leaf):
 
 def _library(leaf):
     """The library of a dense tensor, `None` for anything else."""
-    if data_adapter_utils.is_torch_tensor(leaf):
-        return "torch"
-    if data_adapter_utils.is_jax_array(leaf):
-        return "jax"
-    if data_adapter_utils.is_tensorflow_tensor(leaf):
-        return "tensorflow"
+    # A tensor exists only once its library is imported, so the test
+    # imports none. (Keras's `is_jax_array` misses recent JAX's arrays.)
+    for library, tensor_class in (
+        ("torch", "Tensor"),
+        ("jax", "Array"),
+        ("tensorflow", "Tensor"),
+    ):
+        module = sys.modules.get(library)
+        if module is not None and isinstance(
+            leaf, getattr(module, tensor_class)
+        ):
+            return library
     return None
 
 
@@ -214,8 +222,9 @@ def _dtype_name(dtype):
 def _cpu_array(tensor):
     """A NumPy view of a tensor in CPU memory, `None` if there is none.
 
-    On the CPU, NumPy checks a view of the tensor's memory faster than the
-    tensor's library: PyTorch's `isfinite` is several passes over the data.
+    On the CPU, the tensor is checked as a NumPy array is, in blocks: the
+    libraries' own reductions are no faster there, and PyTorch's much
+    slower.
     """
     library = _library(tensor)
     if library == "torch":
@@ -226,8 +235,10 @@ def _cpu_array(tensor):
         if any(device.platform != "cpu" for device in tensor.devices()):
             return None
         return np.asarray(tensor)
-    # TensorFlow copies a tensor to give it to NumPy.
-    return None
+    # `np.asarray`, not `tensor.numpy()`, which copies.
+    if "device:CPU" not in tensor.device:
+        return None
+    return np.asarray(tensor)
 
 
 def _tensor_all_finite(tensor):
