@@ -10,12 +10,13 @@ before the model or its optimizer is touched.
 
 Only arrays are checked: NumPy arrays (and what converts to one, such as
 Python numbers and pandas objects) and dense TensorFlow, JAX and PyTorch
-tensors, alone or in nests of dicts, lists and tuples. A tensor is checked
-with its own library, on its own device. Datasets, generators, `PyDataset`s
-and `DataLoader`s are not read here: their chunks come one at a time during
-training, and reading them twice would cost a pass over the data (or use up
-a generator). Sparse and ragged tensors are counted for their samples but
-not checked for finiteness.
+tensors, alone or in nests of dicts, lists and tuples. A tensor in CPU
+memory is checked through a NumPy view of it, one on another device by its
+own library, there. Datasets, generators, `PyDataset`s and `DataLoader`s
+are not read here: their chunks come one at a time during training, and
+reading them twice would cost a pass over the data (or use up a
+generator). Sparse and ragged tensors are counted for their samples but not
+checked for finiteness.
 """
 
 import sys
