@@ -2,7 +2,9 @@
 
 Importing the package registers its classes for Keras serialization under
 the package name `keras_rprop`, so `keras.models.load_model` can restore a
-model compiled with one of them.
+model compiled with one of them. The training functions and callbacks
+(`fit_full_batch`, `enable_loss`, ...) are imported on first use, so that
+the optimizers alone import no training code.
 """
 
 from keras_rprop.optimizers import IRpropMinus
@@ -13,15 +15,6 @@ from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import RpropConfig
 from keras_rprop.rule import rprop_update
-from keras_rprop.training import LossGoal
-from keras_rprop.training import MiniBatchWarning
-from keras_rprop.training import StepSizeLogger
-from keras_rprop.training import StopOnGeneralizationLoss
-from keras_rprop.training import StopOnProgressQuotient
-from keras_rprop.training import StopOnValidationIncreases
-from keras_rprop.training import enable_loss
-from keras_rprop.training import fit_full_batch
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,3 +35,27 @@ __all__ = [
     "fit_full_batch",
     "rprop_update",
 ]
+
+# Imported by `__getattr__` on first use.
+_TRAINING_EXPORTS = (
+    "LossGoal",
+    "MiniBatchWarning",
+    "StepSizeLogger",
+    "StopOnGeneralizationLoss",
+    "StopOnProgressQuotient",
+    "StopOnValidationIncreases",
+    "enable_loss",
+    "fit_full_batch",
+)
+
+
+def __getattr__(name):
+    if name in _TRAINING_EXPORTS:
+        from keras_rprop import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'keras_rprop' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

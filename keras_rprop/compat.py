@@ -71,6 +71,16 @@ def variable_index(optimizer, variable):
     return optimizer._get_variable_index(variable)
 
 
+def apply_count(optimizer):
+    """How many times `optimizer.apply` ran, every accumulated batch counted.
+
+    Reaches for `Optimizer._iterations`: with `gradient_accumulation_steps`
+    the public `iterations` counts the updates only, and which of the
+    accumulated batches a call applies follows from this count.
+    """
+    return optimizer._iterations
+
+
 def built_variables(optimizer):
     """The trainable variables `optimizer` was built with, or None.
 
@@ -320,6 +330,18 @@ def tf_num_workers(strategy):
     the public cluster resolver needs the cluster's own counting rules.
     """
     return strategy.extended._num_workers
+
+
+def tf_untracked(trackable, value):
+    """`value`, marked so that setting it as an attribute of `trackable`
+    adds no dependency to its TensorFlow checkpoints.
+
+    Reaches for `Trackable._no_dependency`: TensorFlow tracks every
+    variable, list and dict set as an attribute of a trackable object (a
+    `tf_keras` optimizer), and a variable saved nowhere else, or a plain
+    list, must stay out of its checkpoints.
+    """
+    return trackable._no_dependency(value)
 
 
 # -- tf_keras (Keras 2) ------------------------------------------------------

@@ -11,6 +11,7 @@ gradients and the dtype of the stored signs.
 `rprop_update` is the rule itself, on tensors of one dtype, as published.
 """
 
+import collections
 import dataclasses
 import math
 import numbers
@@ -23,11 +24,71 @@ RPROP_MINUS = "rprop-"
 IRPROP_PLUS = "irprop+"
 IRPROP_MINUS = "irprop-"
 
-VARIANTS = (RPROP_PLUS, RPROP_MINUS, IRPROP_PLUS, IRPROP_MINUS)
+# What a variant does with a weight whose gradient changed sign (its step
+# size shrinks in all of them).
+MOVE = "move by the shrunk step"
+STAY = "stay"
+REVERT = "revert the previous move"
+REVERT_IF_LOSS_ROSE = "revert the previous move if the loss rose, else stay"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One variant of the rule: what it does on a sign change.
+
+    Everything else the package knows of a variant follows from
+    `on_sign_change`, here and nowhere else, so that a new variant is
+    described once for every code path.
+
+    Args:
+        name: The variant's name, as `RpropConfig.variant` holds it.
+        on_sign_change: One of `MOVE`, `STAY`, `REVERT` and
+            `REVERT_IF_LOSS_ROSE`.
+    """
+
+    name: str
+    on_sign_change: str
+
+    @property
+    def backtracks(self):
+        """Whether it may revert a move, which the previous learning rate
+        scaled."""
+        return self.on_sign_change in (REVERT, REVERT_IF_LOSS_ROSE)
+
+    @property
+    def forgets_sign(self):
+        """Whether it stores a zero sign after a sign change."""
+        return self.on_sign_change != MOVE
+
+    @property
+    def needs_loss(self):
+        """Whether it compares the loss of consecutive steps."""
+        return self.on_sign_change == REVERT_IF_LOSS_ROSE
+
+    @property
+    def move_follows_from_new_state(self):
+        """Whether its move is `-new_sign * new_step * learning_rate` (see
+        `move_from_new_state`): true unless it reverts an old move."""
+        return not self.backtracks
+
+
+VARIANT_TABLE = {
+    variant.name: variant
+    for variant in (
+        Variant(RPROP_PLUS, REVERT),
+        Variant(RPROP_MINUS, MOVE),
+        Variant(IRPROP_PLUS, REVERT_IF_LOSS_ROSE),
+        Variant(IRPROP_MINUS, STAY),
+    )
+}
+
+VARIANTS = tuple(VARIANT_TABLE)
 
 # Variants that revert the previous move of a weight whose gradient changed
 # sign. They are the ones for which the previous learning rate matters.
-BACKTRACKING_VARIANTS = (RPROP_PLUS, IRPROP_PLUS)
+BACKTRACKING_VARIANTS = tuple(
+    name for name, variant in VARIANT_TABLE.items() if variant.backtracks
+)
 
 
 def _hyperparameter(default, must_be=None, holds=None, rule=True):
@@ -52,7 +113,9 @@ class RpropConfig:
     Args:
         variant: One of `VARIANTS`, in any case.
         initial_step: Initial step size of every weight (Delta_0), > 0 and
-            within `[min_step, max_step]`.
+            within `[min_step, max_step]`: a real number, or an initializer
+            (a callable taking `shape` and `dtype`) that gives each weight
+            its own; the optimizers check its values when they build.
         eta_minus: Factor in (0, 1) by which a step size shrinks after a
             sign change.
         eta_plus: Factor > 1 by which a step size grows while the sign
@@ -82,7 +145,10 @@ class RpropConfig:
         set_field = object.__setattr__
         set_field(self, "variant", check_variant(self.variant))
         for field in dataclasses.fields(self)[1:]:
-            value = check_real(field.name, getattr(self, field.name))
+            value = getattr(self, field.name)
+            if field.name == "initial_step" and is_initializer(value):
+                continue
+            value = check_real(field.name, value)
             holds = field.metadata["holds"]
             if holds is not None and not holds(value):
                 raise ValueError(
@@ -97,15 +163,31 @@ class RpropConfig:
                 f"Received: min_step={self.min_step}, "
                 f"max_step={self.max_step}"
             )
-        if (
-            not self.min_step <= self.initial_step <= self.max_step
-            or self.initial_step <= 0.0
-        ):
+        if not is_initializer(self.initial_step):
+            self.check_initial_steps(self.initial_step, self.initial_step)
+
+    def check_initial_steps(self, low, high, where=""):
+        """Raises unless initial step sizes from `low` to `high` are valid.
+
+        Args:
+            low, high: The smallest and largest initial step size (NaN if
+                any is NaN).
+            where: Words saying which values these are, for the error.
+        """
+        if not (0.0 < low and self.min_step <= low <= high <= self.max_step):
+            received = low if low == high else f"values in [{low}, {high}]"
             raise ValueError(
                 "Argument `initial_step` must be > 0 and within "
                 f"[min_step, max_step] = [{self.min_step}, {self.max_step}]. "
-                f"Received: initial_step={self.initial_step}"
+                f"Received: initial_step={received}{where}"
             )
+
+    @property
+    def rule_values(self):
+        """The variant and the values of `RULE_PARAMETERS`, as a tuple."""
+        return (self.variant,) + tuple(
+            getattr(self, name) for name in RULE_PARAMETERS
+        )
 
 
 # The hyper-parameters `apply` reads.
@@ -114,6 +196,29 @@ RULE_PARAMETERS = tuple(
     for field in dataclasses.fields(RpropConfig)[1:]
     if field.metadata["rule"]
 )
+
+# What `apply` reads of a config, with the values of `RULE_PARAMETERS` as
+# scalar tensors: compiled updates pass them so, to use the values of the
+# time they run rather than those of the time they were compiled.
+TensorConfig = collections.namedtuple(
+    "TensorConfig", ("variant",) + RULE_PARAMETERS
+)
+
+
+def step_dtype(variable_dtype):
+    """The dtype of the step sizes of a variable of `variable_dtype`.
+
+    The variable's, but at least float32: in bfloat16, `1.2 * step` rounds
+    back to `step` for a wide range of values, which would stall the
+    adaptation.
+    """
+    dtype = keras.backend.standardize_dtype(variable_dtype)
+    return dtype if dtype in ("float32", "float64") else "float32"
+
+
+def is_initializer(value):
+    """Whether an `initial_step` is an initializer rather than a number."""
+    return callable(value) and not isinstance(value, numbers.Real)
 
 
 def check_variant(variant):
@@ -188,11 +293,12 @@ def apply(
             `*`, `+`, unary `-`, `>`, `<` and `!=`.
 
     Returns:
-        A tuple `(new_step, new_sign, new_weight_or_move)`: the new step
-        sizes (dtype of `step`), the sign to store for the next step (dtype
-        of `sign`) and either the new weights (dtype of `weight`) or the
-        move to add to them (dtype of `step`). A NaN gradient gives a NaN
-        move, a stored sign of 0 and an unchanged step size.
+        A tuple `(new_weight_or_move, new_sign, new_step)`, in the order of
+        `rprop_update`: either the new weights (dtype of `weight`) or the
+        move to add to them (dtype of `step`), the sign to store for the
+        next step (dtype of `sign`) and the new step sizes (dtype of
+        `step`). A NaN gradient gives a NaN move, a stored sign of 0 and an
+        unchanged step size.
     """
     dtype = step.dtype
     gradient = ops.cast(gradient, dtype)
@@ -210,10 +316,15 @@ def apply(
     move = propagate_nan(move, gradient, ops=ops)
     new_sign = ops.cast(new_sign, sign.dtype)
     if weight is None:
-        return new_step, new_sign, move
+        return move, new_sign, new_step
+    return add_move(weight, move, ops=ops), new_sign, new_step
+
+
+def add_move(weight, move, ops=keras.ops):
+    """`weight` plus `move`, the move rounded to the weight's dtype first."""
     # `+`, not `ops.add`: on TensorFlow `ops.add` turns into a `BiasAdd`
     # for some shapes, which rejects empty tensors.
-    return new_step, new_sign, weight + ops.cast(move, weight.dtype)
+    return weight + ops.cast(move, weight.dtype)
 
 
 def propagate_nan(move, gradient, ops=keras.ops):
@@ -276,11 +387,7 @@ def rprop_update(
         A tuple `(move, new_sign, new_step)`: the increment to add to the
         weights, the sign to store for the next step and the new step sizes.
     """
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"Argument `variant` must be one of {VARIANTS}. "
-            f"Received: variant={variant!r}"
-        )
+    variant = check_variant(variant)
     if sign_dtype is not None:
         sign_dtype = keras.backend.standardize_dtype(sign_dtype)
     unknown = set(hyperparameters) - set(RULE_PARAMETERS)
@@ -320,7 +427,7 @@ def _rule(
     sign_dtype,
 ):
     """The rule on tensors of one float dtype; see `rprop_update`."""
-    variant = config.variant
+    on_sign_change = VARIANT_TABLE[check_variant(config.variant)].on_sign_change
     sign = ops.sign(gradient)
     # The papers compare gradient(t) * gradient(t-1) with 0. With
     # `previous_sign` in {-1, 0, +1} the product is +-gradient or +-0
@@ -346,11 +453,11 @@ def _rule(
     else:
         new_sign = ops.cast(gradient > 0, sign_dtype)
         new_sign = new_sign - ops.cast(gradient < 0, sign_dtype)
-    if variant == RPROP_MINUS:
+    if on_sign_change == MOVE:
         return -sign * new_step * learning_rate, new_sign, new_step
 
     new_sign = ops.where(sign_change, ops.zeros_like(new_sign), new_sign)
-    if variant == RPROP_PLUS:
+    if on_sign_change == REVERT:
         # The previous move was `-previous_sign * step *
         # previous_learning_rate`, and on a sign change `previous_sign` is
         # `-sign` exactly: the revert is `-sign * step *
@@ -362,22 +469,44 @@ def _rule(
         )
         return -sign * scaled, new_sign, new_step
     move = -sign * kept_or_grown * learning_rate
-    if variant == IRPROP_MINUS:
+    if on_sign_change == STAY:
         revert = ops.zeros_like(move)
-    elif variant == IRPROP_PLUS:
+    else:
         if loss_increased is None:
             raise ValueError(
-                "The 'irprop+' variant needs `loss_increased`. Received: None."
+                f"The {config.variant!r} variant needs `loss_increased`. "
+                "Received: None."
             )
         revert = ops.where(
             loss_increased,
             previous_sign * step * previous_learning_rate,
             ops.zeros_like(move),
         )
-    else:
-        raise ValueError(
-            f"Argument `variant` must be one of {VARIANTS}. "
-            f"Received: variant={variant!r}"
-        )
     move = ops.where(sign_change, revert, move)
     return move, new_sign, new_step
+
+
+def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
+    """The move of a variant that does not backtrack, from its new state.
+
+    Without backtracking (`Variant.move_follows_from_new_state`), a weight
+    moves by its new step size against the sign stored for the next step,
+    which is 0 where the variant stays: the move is
+    `-new_sign * new_step * learning_rate`. The result equals the move of
+    `apply` for every gradient, NaN included (its stored sign is 0, so the
+    NaN is taken from the gradient); only a zero move can be -0.0 where the
+    rule gives +0.0, which changes a weight of -0.0 alone.
+
+    Args:
+        gradient: The gradient given to the rule.
+        new_sign: The rule's new sign, in the dtype of `new_step`.
+        new_step: The rule's new step sizes.
+        learning_rate: The learning rate given to the rule.
+
+    Returns:
+        The increment to add to the weights.
+    """
+    # `* -learning_rate`, one negation per tensor rather than per element;
+    # the product is `-(new_sign * new_step * learning_rate)` exactly.
+    move = new_sign * new_step * -learning_rate
+    return keras.ops.where(keras.ops.isnan(gradient), gradient, move)

@@ -67,6 +67,15 @@ def test_with_whole_step():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variables[1]), [2.0])
 
 
+def test_apply_count():
+    variable = keras.Variable([1.0])
+    optimizer = keras.optimizers.SGD(gradient_accumulation_steps=3)
+    for _ in range(4):
+        optimizer.apply([np.array([1.0])], [variable])
+    assert int(keras.ops.convert_to_numpy(compat.apply_count(optimizer))) == 4
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 1
+
+
 def test_variable_index_and_built_variables():
     variables = [keras.Variable([1.0]), keras.Variable([[2.0, 3.0]])]
     optimizer = keras.optimizers.SGD()

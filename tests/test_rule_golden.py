@@ -13,6 +13,7 @@ from reference import VARIANTS
 from reference import ReferenceRprop
 
 import keras_rprop
+from keras_rprop import rule
 
 # One weight, initial step 0.1, eta- = 0.5, eta+ = 1.2.
 EXAMPLE_GRADIENTS = [1.0, 1.0, 1.0, -1.0, 1.0]
@@ -432,7 +433,14 @@ def _check_moves_from_new_state(variant, move, learning_rate):
     assert reference.sign_changes > 0
 
 
-@pytest.mark.parametrize("variant", ["rprop-", "irprop-"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        name
+        for name, variant in rule.VARIANT_TABLE.items()
+        if variant.move_follows_from_new_state
+    ],
+)
 def test_move_from_new_state_is_the_papers_move(variant):
     """Without backtracking, the move follows from the state stored for it.
 
@@ -442,18 +450,16 @@ def test_move_from_new_state_is_the_papers_move(variant):
     rate below 1, that the identity holds, and that a NaN gradient (stored
     sign 0) still gives a NaN move.
     """
-    from keras_rprop.optimizers import xla_ordered
-
     learning_rate = 0.75
     _check_moves_from_new_state(
         variant,
-        lambda gradient, new_sign, new_step: xla_ordered.move_from_new_state(
+        lambda gradient, new_sign, new_step: rule.move_from_new_state(
             gradient, new_sign, new_step, learning_rate=learning_rate
         ),
         learning_rate,
     )
 
-    move = xla_ordered.move_from_new_state(
+    move = rule.move_from_new_state(
         ops.convert_to_tensor([np.nan, 1.0, -1.0], "float32"),
         ops.convert_to_tensor([0.0, 1.0, 0.0], "float32"),
         ops.convert_to_tensor([0.5, 0.5, 0.5], "float32"),
@@ -462,3 +468,46 @@ def test_move_from_new_state_is_the_papers_move(variant):
     np.testing.assert_array_equal(
         ops.convert_to_numpy(move), [np.nan, -0.375, 0.0]
     )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_table_says_what_the_reference_does(variant):
+    """Every fact of the variant table, against the float64 reference.
+
+    The optimizers and the compiled paths take from the table whether a
+    variant reverts moves, forgets the sign, needs the loss and moves by
+    its new state: each is checked here on reference steps with sign
+    flips and a loss that rises and falls, so that a wrong row fails.
+    """
+    table = rule.VARIANT_TABLE[variant]
+    rng = np.random.default_rng(5)
+    reference = ReferenceRprop(variant, [(300,)])
+    weights = [np.zeros(300)]
+    moves_by_new_state = keeps_sign = True
+    any_revert = False
+    for loss in [1.0, 2.0, 3.0, 1.0, 4.0, 5.0]:
+        gradient = rng.standard_normal(300)
+        previous = reference.previous_gradient[0].copy()
+        previous_change = reference.previous_change[0].copy()
+        weights = reference.step(weights, [gradient], loss=loss)
+        flip = previous * gradient < 0
+        change = reference.previous_change[0]
+        stored = reference.previous_gradient[0]
+        moves_by_new_state &= np.array_equal(
+            change, -np.sign(stored) * reference.delta[0]
+        )
+        keeps_sign &= np.array_equal(
+            np.sign(stored[flip]), np.sign(gradient[flip])
+        )
+        reverted = flip & (change == -previous_change) & (change != 0)
+        any_revert |= bool(reverted.any())
+    assert reference.sign_changes > 0
+    assert table.backtracks == any_revert
+    assert table.move_follows_from_new_state == moves_by_new_state
+    assert table.forgets_sign == (not keeps_sign)
+    gradient = [rng.standard_normal(300)]
+    if table.needs_loss:
+        with pytest.raises(ValueError, match="needs the loss"):
+            reference.step(weights, gradient)
+    else:
+        reference.step(weights, gradient)

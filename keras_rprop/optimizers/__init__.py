@@ -1,10 +1,10 @@
 """Keras optimizers of the Rprop family."""
 
-from keras_rprop.optimizers.rprop import IRpropMinus
-from keras_rprop.optimizers.rprop import IRpropPlus
 from keras_rprop.optimizers.rprop import Rprop
-from keras_rprop.optimizers.rprop import RpropMinus
-from keras_rprop.optimizers.rprop import RpropPlus
+from keras_rprop.optimizers.variants import IRpropMinus
+from keras_rprop.optimizers.variants import IRpropPlus
+from keras_rprop.optimizers.variants import RpropMinus
+from keras_rprop.optimizers.variants import RpropPlus
 
 __all__ = [
     "IRpropMinus",

@@ -3,16 +3,11 @@
 import keras
 import numpy as np
 
-# Step sizes below float32 precision would stall Rprop (1.2 x step rounds
-# back to step in bfloat16 for a wide range of values), so 16-bit weights
-# keep float32 step sizes.
-_WIDE_ENOUGH = ("float32", "float64")
+from keras_rprop import rule
 
-
-def step_dtype(variable_dtype):
-    """The dtype of the step sizes of a variable of `variable_dtype`."""
-    dtype = keras.backend.standardize_dtype(variable_dtype)
-    return dtype if dtype in _WIDE_ENOUGH else "float32"
+# The dtype of the step sizes of a variable of a given dtype; here for the
+# code that makes state like the optimizer's.
+step_dtype = rule.step_dtype
 
 
 def constant_initializer(value):
@@ -36,10 +31,6 @@ def constant_initializer(value):
         return array
 
     return initializer
-
-
-def is_float_dtype(dtype):
-    return "float" in keras.backend.standardize_dtype(dtype)
 
 
 def densify(gradient):
@@ -94,3 +85,53 @@ def sign_dtype():
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return "float16"
     return "int8"
+
+
+def widest_float():
+    """The widest float dtype variables of this backend can hold.
+
+    `float64`, but on JAX only with 64-bit values enabled (without, JAX
+    stores float64 requests as float32 and warns).
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "float32"
+    return "float64"
+
+
+def initial_values(initializer, shape, dtype):
+    """The values `initializer` gives, computed eagerly.
+
+    A Keras variable made inside a `tf.function` (an optimizer built by its
+    first `apply` there) gets a symbolic initial value; the values must be
+    concrete to be checked, so on TensorFlow they are computed outside the
+    graph, as the variable itself is.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        with tf.init_scope():
+            return initializer(shape, dtype=dtype)
+    return initializer(shape, dtype=dtype)
+
+
+def is_traced(tensor):
+    """Whether `tensor` belongs to an update being compiled, not run.
+
+    On TensorFlow, inside a `tf.function`; on JAX, inside a `jax.jit` (or
+    any other transformation). PyTorch runs the update eagerly, and its
+    records (`torch_replay`) are made again when the configuration
+    changes.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    return False

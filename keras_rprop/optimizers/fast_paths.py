@@ -20,8 +20,10 @@ import math
 
 import keras
 
+from keras_rprop import compat
 from keras_rprop import rule
 from keras_rprop.optimizers import xla_ordered
+from keras_rprop.optimizers.fused_policy import use_fused
 
 
 def update(optimizer, grads, trainable_variables, learning_rate):
@@ -32,7 +34,7 @@ def update(optimizer, grads, trainable_variables, learning_rate):
         over `update_step` must run instead.
     """
     # Inside a `StatelessScope` the variables must not be written in place.
-    if keras.src.backend.common.stateless_scope.in_stateless_scope():
+    if compat.in_stateless_scope():
         return False
     backend = keras.backend.backend()
     if backend == "torch":
@@ -56,31 +58,18 @@ def update(optimizer, grads, trainable_variables, learning_rate):
     return False
 
 
-def use_fused(optimizer, parameter_count, minimum, on_cpu=True):
-    """Whether the update of `optimizer` runs as one compiled program.
-
-    `fused=True` always does, `fused=False` never, and `fused=None` does for
-    models of at least `minimum` parameters on the CPU: below, the one-off
-    compilation costs more than a small model's faster steps repay in most
-    runs.
-    """
-    if optimizer.fused is None:
-        return on_cpu and parameter_count >= minimum
-    return optimizer.fused
-
-
 def update_tensor(config, gradient, step, sign, weight, arguments):
     """`rule.apply` for one tensor, in the form its compiler runs best.
 
     Args:
-        config: The optimizer's `RpropConfig`.
+        config: The hyper-parameters, from the optimizer's `_rule_config`.
         gradient: The gradient, in the dtype of `step`.
         step, sign, weight: The stored step sizes and signs, and the
             weights, as tensors.
         arguments: The other keyword arguments of `rule.apply`.
 
     Returns:
-        `(new_step, new_sign, new_weight)`.
+        `(new_weight, new_sign, new_step)`.
     """
     target = xla_ordered.xla_target(gradient)
     if target == xla_ordered.CPU and math.prod(weight.shape):

@@ -7,7 +7,7 @@ dominates for many small tensors), and for large tensors each of the rule's
 temporaries is a fresh allocation that goes through the whole tensor in
 main memory.
 
-This path applies `keras_rprop.rule.rprop_update` to buckets of about
+This path applies `keras_rprop.rule.apply` to buckets of about
 `BUCKET_SIZE` elements instead: small variables are concatenated into one
 bucket, large ones are cut into views of that size. Every bucket's
 temporaries then fit in the CPU caches, and the number of calls no longer
@@ -22,6 +22,7 @@ per-variable path.
 import torch
 from keras import ops
 
+from keras_rprop import compat
 from keras_rprop import rule
 from keras_rprop.optimizers import torch_fused
 
@@ -288,16 +289,16 @@ class _Plan:
 
 
 def _plan(optimizer, trainable_variables):
-    values = _values(trainable_variables)
+    values = compat.variable_values(trainable_variables)
     # A record (`make_fx`) must see views made from its input tensors, or
     # it would freeze the views as constants of the record.
-    tracing = torch_fused.is_tracing()
+    tracing = compat.torch_is_tracing()
     plan = getattr(optimizer, "_multi_tensor_plan", None)
     if plan is not None and not tracing and plan.is_for(values):
         return plan
     members = []
     for i, (variable, value) in enumerate(zip(trainable_variables, values)):
-        index = optimizer._get_variable_index(variable)
+        index = compat.variable_index(optimizer, variable)
         step_variable = optimizer._steps[index]
         if step_variable is None or not value.is_contiguous():
             return None
@@ -333,25 +334,6 @@ def _owns_storage(tensor):
         and tensor.untyped_storage().nbytes()
         == tensor.numel() * tensor.element_size()
     )
-
-
-def _values(variables):
-    """The variables' tensors.
-
-    Keras's `value` property costs about 2 us a variable, as much as the
-    update of a small one. Outside an autocast scope it returns the tensor
-    held in `_value` (this path never runs in a stateless scope), which is
-    read directly where it exists.
-    """
-    from keras.src.backend.common.variables import get_autocast_scope
-
-    if get_autocast_scope() is not None:
-        return [variable.value for variable in variables]
-    values = []
-    for variable in variables:
-        value = getattr(variable, "_value", None)
-        values.append(variable.value if value is None else value)
-    return values
 
 
 def _buckets(members, size, split=True, alone=None):
@@ -468,7 +450,7 @@ class _FusedBucket:
             moves=True,
         ):
             return False
-        torch._foreach_add_(self.weights, self.move_parts)
+        compat.torch_foreach_add_(self.weights, self.move_parts)
         return True
 
 
@@ -515,7 +497,7 @@ def _update_bucket(config, bucket, arguments):
         grad = torch.cat(grads)
         step = torch.cat(steps)
         sign = torch.cat(signs)
-    new_step, new_sign, move = rule.apply(config, grad, step, sign, **arguments)
+    move, new_sign, new_step = rule.apply(config, grad, step, sign, **arguments)
     if len(bucket) == 1:
         variables[0].add_(move.to(variables[0].dtype))
         steps[0].copy_(new_step)
@@ -523,6 +505,6 @@ def _update_bucket(config, bucket, arguments):
         return
     sizes = [v.numel() for v in variables]
     moves = [m.to(v.dtype) for m, v in zip(move.split(sizes), variables)]
-    torch._foreach_add_(list(variables), moves)
-    torch._foreach_copy_(list(steps), list(new_step.split(sizes)))
-    torch._foreach_copy_(list(signs), list(new_sign.split(sizes)))
+    compat.torch_foreach_add_(list(variables), moves)
+    compat.torch_foreach_copy_(list(steps), list(new_step.split(sizes)))
+    compat.torch_foreach_copy_(list(signs), list(new_sign.split(sizes)))

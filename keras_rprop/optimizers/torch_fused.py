@@ -13,14 +13,14 @@ only: see `use_fused`. Every shape shares one compiled kernel
 (`dynamic=True`); `kernel` makes one per variant from the rule.
 """
 
-import collections
 import types
 import warnings
 
 import torch
 
+from keras_rprop import compat
 from keras_rprop import rule
-from keras_rprop.optimizers import fast_paths
+from keras_rprop.optimizers import fused_policy
 
 # The default (`fused=None`) compiles the kernel for models of at least this
 # many parameters on the CPU, and never on a GPU (see benchmarks/README.md).
@@ -32,20 +32,6 @@ MIN_BUCKET_SIZE = 1024
 
 _DTYPES = (torch.float32, torch.float64)
 
-# Inductor decides whether a loop runs on all cores from the size of the
-# first call, and with `dynamic=True` that kernel serves every size after:
-# first compiled on a small bucket, it would run large ones on one core.
-# With `dynamic_threads` the loop is always parallel and OpenMP picks the
-# number of threads per call.
-_OPTIONS = {"cpp.dynamic_threads": True}
-
-# The rule's hyper-parameters as scalar tensors, for `rule.apply`: as
-# tensors, not Python floats, so that Dynamo does not compile a kernel per
-# value.
-_KernelConfig = collections.namedtuple(
-    "_KernelConfig", ("variant",) + rule.RULE_PARAMETERS
-)
-
 # The compiled kernels of this process, by `(variant, moves)`: compiled
 # functions only, the same for every optimizer.
 _compiled = {}
@@ -54,10 +40,12 @@ _compiled = {}
 class FusedState:
     """What one optimizer's fused update keeps between steps.
 
-    The scalar tensors of its hyper-parameters, made once per dtype and
-    device (a tensor made from a Python number on a GPU is a copy from the
-    host that waits for the device's queued work), and the error of a
-    failed compilation, after which the optimizer stays eager.
+    The scalar tensors of its hyper-parameters (tensors, not Python floats,
+    so that Dynamo does not compile a kernel per value), made once per
+    dtype, device and configuration (a tensor made from a Python number on
+    a GPU is a copy from the host that waits for the device's queued work),
+    and the error of a failed compilation, after which the optimizer stays
+    eager.
     """
 
     def __init__(self):
@@ -68,21 +56,26 @@ class FusedState:
         """The kernel's scalar arguments, from those of `rule.apply`."""
         learning_rate = arguments["learning_rate"]
         key = (learning_rate.dtype, learning_rate.device)
-        if key not in self._constants:
-            self._constants[key] = tuple(
-                torch.tensor(
-                    getattr(config, name),
-                    dtype=learning_rate.dtype,
-                    device=learning_rate.device,
-                )
-                for name in rule.RULE_PARAMETERS
+        values = config.rule_values[1:]
+        cached = self._constants.get(key)
+        if cached is None or cached[0] != values:
+            cached = self._constants[key] = (
+                values,
+                tuple(
+                    torch.tensor(
+                        value,
+                        dtype=learning_rate.dtype,
+                        device=learning_rate.device,
+                    )
+                    for value in values
+                ),
             )
         return (
             config.variant,
             learning_rate,
             arguments["previous_learning_rate"],
             arguments["loss_increased"],
-            *self._constants[key],
+            *cached[1],
         )
 
 
@@ -97,14 +90,14 @@ def state_of(optimizer):
 def use_fused(optimizer, parameter_count, device):
     """Whether this step of `optimizer` runs the compiled kernel.
 
-    As `fast_paths.use_fused` decides (on a GPU the default always stays
+    As `fused_policy.use_fused` decides (on a GPU the default always stays
     eager: see benchmarks/README.md), but never while the step is itself
     being traced (`make_fx` records of the fast loop, Dynamo), nor after the
     optimizer's compilation failed once.
     """
-    if state_of(optimizer).failure or is_tracing():
+    if state_of(optimizer).failure or compat.torch_is_tracing():
         return False
-    return fast_paths.use_fused(
+    return fused_policy.use_fused(
         optimizer,
         parameter_count,
         MIN_PARAMETERS,
@@ -175,7 +168,7 @@ def kernel(variant, moves):
             _kernel_function(variant, moves),
             dynamic=True,
             fullgraph=True,
-            options=_OPTIONS,
+            options=compat.TORCH_COMPILE_OPTIONS,
         )
     return _compiled[key]
 
@@ -191,8 +184,8 @@ def _kernel_function(variant, moves):
         loss_increased,
         *values,
     ):
-        new_step, new_sign, move = rule.apply(
-            _KernelConfig(variant, *values),
+        move, new_sign, new_step = rule.apply(
+            rule.TensorConfig(variant, *values),
             gradient,
             step,
             sign,
@@ -214,9 +207,3 @@ def _kernel_function(variant, moves):
     return types.FunctionType(
         code, update.__globals__, code.co_name, None, update.__closure__
     )
-
-
-def is_tracing():
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
-    return torch.compiler.is_compiling() or get_proxy_mode() is not None

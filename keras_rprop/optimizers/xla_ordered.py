@@ -16,14 +16,15 @@ the old signs are overwritten last. The backtracking variants move a weight
 by its old step size on a sign change, so their new step size is computed
 from a step size that comes "after" the new weight. The other variants move
 it by the new step size and sign, which they compute first and the weight's
-loop reads back (`move_from_new_state`). Either way, each old buffer is read
-by loops that all run before the one overwriting it.
+loop reads back (`rule.move_from_new_state`). Either way, each old buffer is
+read by loops that all run before the one overwriting it.
 """
 
 import re
 
 import keras
 
+from keras_rprop import compat
 from keras_rprop import rule
 
 # The unsigned integer type of each width, to reinterpret any value as bits.
@@ -57,14 +58,7 @@ def xla_target(tensor):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        if tf.executing_eagerly():
-            return None
-        try:
-            from tensorflow.python.ops import control_flow_util
-        except ImportError:  # A TensorFlow that moved it: no ordering.
-            return None
-        graph = tf.compat.v1.get_default_graph()
-        if not control_flow_util.GraphOrParentsInXlaContext(graph):
+        if tf.executing_eagerly() or not compat.tf_in_xla_context():
             return None
         # TensorFlow places the step on an accelerator if there is one.
         if any(tf.config.list_logical_devices(k) for k in ("GPU", "TPU")):
@@ -142,16 +136,16 @@ def update(config, gradient, step, sign, weight, arguments):
     """`rule.apply` of one tensor, computed in the order described above.
 
     Args:
-        config: The optimizer's `RpropConfig`.
+        config: The hyper-parameters given to `rule.apply`.
         gradient: The gradient, in the dtype of `step`.
         step, sign: The stored step sizes and signs.
         weight: The weights.
         arguments: The other keyword arguments of `rule.apply`.
 
     Returns:
-        `(new_step, new_sign, new_weight)`, the values of `rule.apply` bit
+        `(new_weight, new_sign, new_step)`, the values of `rule.apply` bit
         for bit but for the sign of a zero weight (see
-        `move_from_new_state`).
+        `rule.move_from_new_state`).
     """
 
     def apply(gradient, step, sign, **kwargs):
@@ -169,49 +163,22 @@ def update(config, gradient, step, sign, weight, arguments):
         # The signs are overwritten last: every other loop reads them.
         return apply(after(gradient, new_step), step, after(sign, new_step))[1]
 
-    if config.variant in rule.BACKTRACKING_VARIANTS:
-        # Their move on a sign change reverts the old step size, so the
+    if not rule.VARIANT_TABLE[config.variant].move_follows_from_new_state:
+        # The move on a sign change reverts the old step size, so the
         # weight's loop runs first and the step sizes' loop after it.
-        new_weight = apply(gradient, step, sign, weight=weight)[2]
-        new_step = apply(gradient, after(step, new_weight), sign)[0]
-        return new_step, sign_after(new_step), new_weight
+        new_weight = apply(gradient, step, sign, weight=weight)[0]
+        new_step = apply(gradient, after(step, new_weight), sign)[2]
+        return new_weight, sign_after(new_step), new_step
 
-    # Their move follows from the new state alone: computed from it, the
+    # The move follows from the new state alone: computed from it, the
     # weight's loop reads it back instead of computing the rule a third
     # time.
-    new_step = apply(gradient, step, sign)[0]
+    new_step = apply(gradient, step, sign)[2]
     new_sign = sign_after(new_step)
-    move = move_from_new_state(
+    move = rule.move_from_new_state(
         gradient,
         keras.ops.cast(new_sign, step.dtype),
         new_step,
         learning_rate=keras.ops.cast(arguments["learning_rate"], step.dtype),
     )
-    # `+`, not `ops.add`: see `rule.apply`.
-    return new_step, new_sign, weight + keras.ops.cast(move, weight.dtype)
-
-
-def move_from_new_state(gradient, new_sign, new_step, *, learning_rate=1.0):
-    """The move of `"rprop-"` and `"irprop-"`, from the state they store.
-
-    Without backtracking, a weight moves by its new step size against the
-    sign stored for the next step, which `"irprop-"` sets to 0 where it
-    freezes the weight: the move is `-new_sign * new_step * learning_rate`.
-    The result equals the move of `rule.apply` for every gradient, NaN
-    included (its stored sign is 0, so the NaN is taken from the gradient);
-    only a zero move can be -0.0 where the rule gives +0.0, which changes a
-    weight of -0.0 alone.
-
-    Args:
-        gradient: The gradient given to the rule.
-        new_sign: The rule's new sign, in the dtype of `new_step`.
-        new_step: The rule's new step sizes.
-        learning_rate: The learning rate given to the rule.
-
-    Returns:
-        The increment to add to the weights.
-    """
-    # `* -learning_rate`, one negation per tensor rather than per element;
-    # the product is `-(new_sign * new_step * learning_rate)` exactly.
-    move = new_sign * new_step * -learning_rate
-    return keras.ops.where(keras.ops.isnan(gradient), gradient, move)
+    return rule.add_move(weight, move), new_sign, new_step

@@ -1,31 +1,42 @@
 """The `Rprop` optimizer for `tf_keras` (Keras 2)."""
 
 import contextlib
-import dataclasses
-import math
 import threading
 import types
 
 import tensorflow as tf
 import tf_keras
 
+from keras_rprop import bookkeeping
+from keras_rprop import compat
 from keras_rprop import rule
 from keras_rprop import validation
 
-# The operations `rule.apply` computes with: TensorFlow's own, so that the
-# update does not depend on the backend Keras 3 runs in this process.
+# The operations `rule.apply` and the bookkeeping compute with: TensorFlow's
+# own, so that the update does not depend on the backend Keras 3 runs in
+# this process.
 TF_OPS = types.SimpleNamespace(
     sign=tf.math.sign,
     where=tf.where,
     zeros_like=tf.zeros_like,
     cast=tf.cast,
     convert_to_tensor=tf.convert_to_tensor,
+    isnan=tf.math.is_nan,
+    greater=tf.greater,
+    stop_gradient=tf.stop_gradient,
+    copy=tf.identity,
+    clip=tf.clip_by_value,
+    convert_to_numpy=lambda tensor: tensor.numpy(),
 )
 
+_AGGREGATIONS = {
+    bookkeeping.SUM: tf.VariableAggregation.SUM,
+    bookkeeping.ONCE: tf.VariableAggregation.ONLY_FIRST_REPLICA,
+}
 
-@validation.expose_config
+
 @tf_keras.saving.register_keras_serializable(package="keras_rprop")
-class Rprop(tf_keras.optimizers.Optimizer):
+class Rprop(bookkeeping.RpropBookkeeping, tf_keras.optimizers.Optimizer):
     """Optimizer that implements the Rprop family, for `tf_keras` (Keras 2).
 
     The same optimizer as `keras_rprop.Rprop`, with the same arguments,
@@ -61,7 +72,9 @@ class Rprop(tf_keras.optimizers.Optimizer):
             Defaults to `"irprop-"`.
         initial_step, eta_minus, eta_plus, min_step, max_step: The step
             sizes' start, factors and bounds, with the meaning, range and
-            default they have in `keras_rprop.Rprop`.
+            default they have in `keras_rprop.Rprop`; an initializer for
+            `initial_step` is a `tf_keras` one (an instance, or its name or
+            config).
         learning_rate: A float, a
             `tf_keras.optimizers.schedules.LearningRateSchedule` or a
             callable that takes no arguments and returns the value to use.
@@ -100,14 +113,7 @@ class Rprop(tf_keras.optimizers.Optimizer):
         name="rprop",
         **kwargs,
     ):
-        config = rule.RpropConfig(
-            variant=variant,
-            initial_step=initial_step,
-            eta_minus=eta_minus,
-            eta_plus=eta_plus,
-            min_step=min_step,
-            max_step=max_step,
-        )
+        rule.check_variant(variant)
         learning_rate = validation.float_learning_rate(learning_rate)
         super().__init__(
             name=name,
@@ -121,46 +127,18 @@ class Rprop(tf_keras.optimizers.Optimizer):
             jit_compile=jit_compile,
             **kwargs,
         )
-        self._learning_rate = self._build_learning_rate(learning_rate)
-        self.config = config
+        compat.tf_keras_learning_rate(self, learning_rate)
         # Made here, not in `build`, so that their place among the saved
         # variables does not depend on the model.
         with tf.init_scope():
-            # The loss of the step being applied. Under a distribution
-            # strategy each replica assigns its share; "sum" adds them up.
-            self._current_loss = self._scalar(
-                "current_loss", math.inf, tf.VariableAggregation.SUM
-            )
-            # E(t-1) for iRprop+; +inf before the first step, so that the
-            # first sign change never counts as a rise of the loss.
-            self._previous_loss = self._scalar(
-                "previous_loss",
-                math.inf,
-                tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-            # Backtracking reverts the move that was made, which was scaled
-            # by the learning rate of its own step.
-            self._previous_learning_rate = self._scalar(
-                "previous_learning_rate",
-                1.0,
-                tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            self._init_bookkeeping(
+                variant, initial_step, eta_minus, eta_plus, min_step, max_step
             )
         # How many `loss_recorded` blocks are open: the loss of their step
         # reached the optimizer before `apply_gradients`. Under a
         # MirroredStrategy every replica opens one, in a thread of its own.
-        self._loss_blocks = self._no_dependency([0])
-        self._loss_lock = self._no_dependency(threading.Lock())
-
-    def _scalar(self, name, value, aggregation):
-        variable = tf.Variable(
-            value,
-            name=name,
-            dtype=tf.float32,
-            trainable=False,
-            aggregation=aggregation,
-        )
-        self._variables.append(variable)
-        return variable
+        self._loss_blocks = compat.tf_untracked(self, [0])
+        self._loss_lock = compat.tf_untracked(self, threading.Lock())
 
     def build(self, var_list):
         """Initializes the step sizes and stored signs.
@@ -169,34 +147,10 @@ class Rprop(tf_keras.optimizers.Optimizer):
             var_list: list of model variables to build Rprop variables on.
         """
         super().build(var_list)
-        if getattr(self, "_built", False):
+        if compat.tf_keras_is_built(self):
             return
-        self._steps = []
-        self._signs = []
-        for variable in var_list:
-            dtype = getattr(variable, "true_dtype", variable.dtype)
-            validation.check_float_variable(
-                dtype.is_floating, variable.name, dtype.name
-            )
-            step_dtype = tf.float32 if dtype.size < 4 else dtype
-            self._steps.append(
-                self._add_slot(variable, "step", step_dtype, self.initial_step)
-            )
-            self._signs.append(self._add_slot(variable, "sign", tf.int8, 0))
-        self._built = True
-
-    def _add_slot(self, variable, name, dtype, value):
-        # `add_variable_from_reference` makes slots in the weight's dtype;
-        # the signs are stored in one byte.
-        strategy = tf.distribute.get_strategy()
-        with strategy.extended.colocate_vars_with(variable):
-            slot = tf.Variable(
-                tf.fill(variable.shape, tf.constant(value, dtype)),
-                name=f"{name}/{variable._shared_name}",
-                trainable=False,
-            )
-        self._variables.append(slot)
-        return slot
+        self._build_slots(var_list)
+        compat.tf_keras_set_built(self)
 
     # -- The loss channel ------------------------------------------------
 
@@ -262,12 +216,7 @@ class Rprop(tf_keras.optimizers.Optimizer):
             skip_gradients_aggregation=skip_gradients_aggregation,
             **kwargs,
         )
-        # After every variable was updated: the next step compares against
-        # this step's loss and reverts moves made with this learning rate.
-        self._previous_loss.assign(tf.identity(self._current_loss))
-        self._previous_learning_rate.assign(
-            tf.cast(self.learning_rate, tf.float32)
-        )
+        self._finish_step(self.learning_rate)
         return iteration
 
     def record_loss(self, loss):
@@ -277,11 +226,7 @@ class Rprop(tf_keras.optimizers.Optimizer):
             loss: A scalar; this replica's share under a distribution
                 strategy.
         """
-        loss = tf.cast(tf.stop_gradient(loss), tf.float32)
-        # A NaN loss counts as +inf: for iRprop+ it is a rise after a finite
-        # loss (revert), and a finite loss after it is not (keep the move).
-        loss = tf.where(tf.math.is_nan(loss), math.inf, loss)
-        self._current_loss.assign(loss)
+        self._record_loss(loss)
 
     @contextlib.contextmanager
     def loss_recorded(self, loss):
@@ -305,55 +250,28 @@ class Rprop(tf_keras.optimizers.Optimizer):
             with self._loss_lock:
                 self._loss_blocks[0] -= 1
 
-    def _check_loss(self, loss):
-        tensor = validation.check_loss(
-            loss,
-            needs_loss=self.variant == rule.IRPROP_PLUS,
-            convert_to_tensor=tf.convert_to_tensor,
-            how_to_pass=_HOW_TO_PASS_THE_LOSS,
-        )
-        if tensor is not None and not (
-            tensor.dtype.is_floating or tensor.dtype.is_integer
-        ):
-            raise validation.not_a_number(loss)
-        return tensor
-
     # -- The update --------------------------------------------------------
 
     def update_step(self, gradient, variable):
         """Update step given gradient and the associated model variable."""
-        index = self._index_dict[self._var_key(variable)]
+        index = compat.tf_keras_variable_index(self, variable)
         step_variable = self._steps[index]
         sign_variable = self._signs[index]
         if isinstance(gradient, tf.IndexedSlices):
             gradient = tf.convert_to_tensor(gradient)
-        loss_increased = None
-        if self.variant == rule.IRPROP_PLUS:
-            loss_increased = tf.greater(
-                tf.convert_to_tensor(self._current_loss),
-                tf.convert_to_tensor(self._previous_loss),
-            )
-        new_step, new_sign, new_value = rule.apply(
-            self.config,
+        step = tf.convert_to_tensor(step_variable)
+        new_value, new_sign, new_step = rule.apply(
+            self._rule_config(step.dtype, like=gradient),
             gradient,
-            tf.convert_to_tensor(step_variable),
+            step,
             tf.convert_to_tensor(sign_variable),
             weight=tf.convert_to_tensor(variable),
-            learning_rate=tf.convert_to_tensor(self.learning_rate),
-            previous_learning_rate=tf.convert_to_tensor(
-                self._previous_learning_rate
-            ),
-            loss_increased=loss_increased,
             ops=TF_OPS,
+            **self._rule_arguments(self.learning_rate, step.dtype),
         )
         variable.assign(new_value)
         step_variable.assign(new_step)
         sign_variable.assign(new_sign)
-
-    def _clip_steps(self):
-        validation.clip_step_sizes(
-            getattr(self, "_steps", ()), self.config, tf.clip_by_value
-        )
 
     def load_own_variables(self, store):
         """Loads the state, then clips the step sizes to the bounds."""
@@ -367,23 +285,79 @@ class Rprop(tf_keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "learning_rate": self._serialize_hyperparameter(
-                    self._learning_rate
-                ),
-                **dataclasses.asdict(self.config),
-            }
-        )
+        config["learning_rate"] = compat.tf_keras_serialized_learning_rate(self)
+        config.update(self._config_items())
         return config
 
+    # -- What `RpropBookkeeping` needs of tf_keras ------------------------
 
-_HOW_TO_PASS_THE_LOSS = (
-    "Pass it as `optimizer.apply_gradients(grads_and_vars, loss=loss)` or "
-    "call `optimizer.minimize(loss, variables, tape)`; `model.fit` does so, "
-    "and under mixed precision needs "
-    "`keras_rprop.tf_keras.enable_loss(model)` after `model.compile(...)`."
-)
+    ops = TF_OPS
+
+    def _new_scalar(self, name, value, aggregation):
+        variable = tf.Variable(
+            value,
+            name=name,
+            dtype=tf.float32,
+            trainable=False,
+            aggregation=_AGGREGATIONS[aggregation],
+        )
+        return compat.tf_keras_track_variable(self, variable)
+
+    def _new_rule_parameters(self, values):
+        variable = tf.Variable(values, name="rule_parameters", trainable=False)
+        return compat.tf_untracked(self, variable)
+
+    def _new_slot(self, variable, name, initializer, dtype):
+        strategy = tf.distribute.get_strategy()
+        with strategy.extended.colocate_vars_with(variable):
+            slot = tf.Variable(
+                initializer(variable.shape, dtype=dtype),
+                name=f"{name}/{variable.name.split(':')[0]}",
+                trainable=False,
+            )
+        return compat.tf_keras_track_variable(self, slot)
+
+    def _slot_info(self, variable):
+        dtype = getattr(variable, "true_dtype", variable.dtype)
+        return variable.name, dtype.name, True
+
+    @staticmethod
+    def _constant_initializer(value):
+        def initializer(shape, dtype):
+            return tf.fill(shape, tf.constant(value, dtype))
+
+        return initializer
+
+    @staticmethod
+    def _initial_values(initializer, shape, dtype):
+        with tf.init_scope():
+            return initializer(shape, dtype=dtype)
+
+    @staticmethod
+    def _is_traced(tensor):
+        return not tf.executing_eagerly()
+
+    @staticmethod
+    def _rule_parameters_dtype():
+        return "float64"
+
+    @staticmethod
+    def _sign_dtype():
+        return "int8"
+
+    _get_initializer = staticmethod(tf_keras.initializers.get)
+    _serialize_initializer = staticmethod(tf_keras.initializers.serialize)
+
+    def _is_built(self):
+        return compat.tf_keras_is_built(self)
+
+    _HOW_TO_PASS_THE_LOSS = (
+        "Pass it as `optimizer.apply_gradients(grads_and_vars, loss=loss)` "
+        "or call `optimizer.minimize(loss, variables, tape)`; `model.fit` "
+        "does so, and under mixed precision needs "
+        "`keras_rprop.tf_keras.enable_loss(model)` after "
+        "`model.compile(...)`."
+    )
 
 
 def _one_variant(class_name, variant, given):

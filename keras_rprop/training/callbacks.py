@@ -19,10 +19,10 @@ class StepSizeLogger(keras.callbacks.Callback):
     - `sign_flip_fraction`: the fraction of those weights whose gradient
       changed sign since the previous epoch's end.
 
-    A sign change is read from the optimizer's state, exactly: for
-    `"rprop-"` the stored sign is the gradient's sign, so a change is a
-    stored sign that turned into its opposite. The other variants store 0
-    after a change (and after a zero gradient, which leaves the step size
+    A sign change is read from the optimizer's state, exactly: where the
+    variant keeps the gradient's sign (`"rprop-"`), a change is a stored
+    sign that turned into its opposite. The other variants store 0 after a
+    change (and after a zero gradient, which leaves the step size
     alone); a change is a stored sign that turned to 0 while the step size
     shrank. A weight whose step size already sat at `min_step` cannot shrink
     further; a 0 there counts as a change. With one optimizer step per epoch,
@@ -63,7 +63,7 @@ class StepSizeLogger(keras.callbacks.Callback):
         optimizer = rprop_inside(self.model.optimizer)
         steps, signs = self._read_state(optimizer)
         previous_steps, previous_signs = self._previous
-        if optimizer.variant == rule.RPROP_MINUS:
+        if not rule.VARIANT_TABLE[optimizer.variant].forgets_sign:
             flipped = previous_signs * signs < 0
         else:
             shrank = (steps < previous_steps) | (

@@ -12,6 +12,8 @@ import types
 
 import keras
 
+from keras_rprop import compat
+from keras_rprop.optimizers.loss_check import train_step_owner
 from keras_rprop.training import distributed
 from keras_rprop.training import minibatch
 from keras_rprop.training import train_steps
@@ -85,7 +87,7 @@ def enable_loss(model):
             "optimizer, but the model was compiled with another one. "
             f"Received: optimizer={model.optimizer!r}"
         )
-    owner = _train_step_owner(model)
+    owner = train_step_owner(model)
     if not owner.__module__.startswith("keras."):
         raise ValueError(
             f"`{owner.__name__}` overrides `train_step`, so `enable_loss` "
@@ -96,7 +98,7 @@ def enable_loss(model):
             "`self.optimizer.stateless_apply(..., loss=loss)` (JAX). "
             f"Received: model of class {type(model).__name__}"
         )
-    if keras.backend.backend() == "jax" and keras.config.is_nnx_enabled():
+    if keras.backend.backend() == "jax" and compat.is_nnx_enabled():
         raise ValueError(
             "`enable_loss` does not support Keras's Flax NNX mode, which "
             "calls the class's `train_step` directly. Override `train_step` "
@@ -174,18 +176,11 @@ def _compile_identity(model):
     """What a compiled train function depends on besides the step."""
     return (
         model.optimizer,
-        model._loss_tracker,
+        compat.loss_tracker(model),
         model.run_eagerly,
         model.jit_compile,
         model.steps_per_execution,
     )
-
-
-def _train_step_owner(model):
-    for cls in type(model).__mro__:
-        if "train_step" in cls.__dict__:
-            return cls
-    return type(model)
 
 
 def _fit_checking_batches(self, x=None, y=None, batch_size=None, **kwargs):

@@ -7,8 +7,6 @@ the Rprop optimizer through such a wrapper.
 """
 
 import contextlib
-import os
-import sys
 import threading
 import types
 import weakref
@@ -52,47 +50,6 @@ def stateless_apply_with_loss(
         )
     with _loss_for_wrapped(rprop, loss):
         return optimizer.stateless_apply(optimizer_variables, grads, variables)
-
-
-def check_fit_passes_loss():
-    """Raises if Keras's JAX `fit` is about to train iRprop+ without the loss.
-
-    Called when an iRprop+ optimizer is built. Keras's JAX `fit` builds the
-    optimizer before its first step, then takes the weights out of the
-    model's variables for the step; an error raised in the step (where
-    Rprop finds no loss) would leave the model without its weights. So the
-    missing loss is reported here, before anything happened, when the
-    build comes from the JAX `fit` of a model whose training step is
-    Keras's own (no `enable_loss`).
-    """
-    if keras.backend.backend() != "jax":
-        return
-    trainer_file = os.path.join("backend", "jax", "trainer.py")
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "fit" and code.co_filename.endswith(trainer_file):
-            model = frame.f_locals.get("self")
-            if isinstance(model, keras.Model) and _has_keras_train_step(model):
-                raise ValueError(
-                    "The 'irprop+' variant compares the loss of consecutive "
-                    "steps, but Keras's training step does not hand the loss "
-                    "to the optimizer. Call `keras_rprop.enable_loss(model)` "
-                    "after `model.compile(...)`, or train with "
-                    "`keras_rprop.fit_full_batch(model, x, y, ...)`. "
-                    f"Received: model={model.name!r} without `enable_loss`"
-                )
-            return
-        frame = frame.f_back
-
-
-def _has_keras_train_step(model):
-    if "train_step" in model.__dict__:
-        return False
-    for cls in type(model).__mro__:
-        if "train_step" in cls.__dict__:
-            return cls.__module__.startswith("keras.")
-    return False
 
 
 # -- Handing the loss through a wrapper ------------------------------------

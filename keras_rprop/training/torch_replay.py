@@ -25,14 +25,16 @@ step (a counter in a layer's `call`) happen only in the steps that run
 eagerly: the recorded one and the epoch's last.
 """
 
-import contextlib
+import dataclasses
 import threading
 import warnings
 import weakref
 
+import keras
 import torch
 from torch.fx.experimental import proxy_tensor
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 
 # ATen tags of operations whose record would not replay the eager step: a
@@ -42,10 +44,7 @@ _UNSAFE_TAGS = (
     torch.Tag.data_dependent_output,
     torch.Tag.dynamic_output_shape,
 )
-_UNSAFE_OPS = {
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.item.default,
-}
+_UNSAFE_OPS = compat.torch_value_reads()
 
 # `make_fx` patches module-level state while it records: one record at a
 # time, when several threads train.
@@ -155,9 +154,9 @@ def _state_tensors(model):
 
 def _trace_key(model, step, data):
     """What a record depends on besides the identity of the state tensors."""
-    leaves, structure = torch.utils._pytree.tree_flatten(data)
+    leaves = keras.tree.flatten(data)
     return (
-        str(structure),
+        str(_structure(data)),
         tuple(
             (
                 (tuple(t.shape), t.dtype, t.device)
@@ -168,21 +167,31 @@ def _trace_key(model, step, data):
         ),
         id(step),
         id(model.optimizer),
-        id(getattr(model, "_compile_loss", None)),
+        id(compat.compiled_loss(model)),
         _python_attributes(model.optimizer),
     )
 
 
 def _python_attributes(optimizer):
-    # Hyperparameters held as Python numbers (`eta_plus`, `clipnorm`, ...)
-    # are constants of the record; those held in variables are inputs.
+    # Hyperparameters held as Python values (`clipnorm`, Rprop's `config`,
+    # ...) are constants of the record; those held in variables are inputs.
     return tuple(
         sorted(
             (name, value)
             for name, value in vars(optimizer).items()
             if isinstance(value, (bool, int, float, str, type(None)))
+            or dataclasses.is_dataclass(value)
         )
     )
+
+
+# Kept under its old name for the tests that check it.
+_without_fake_values = compat.torch_record_without_fake_values
+
+
+def _structure(nest):
+    """`nest` with None for every leaf: its structure, holding no data."""
+    return keras.tree.map_structure(lambda leaf: None, nest)
 
 
 def _trace_step(model, update, state, data):
@@ -207,7 +216,10 @@ def _trace_step(model, update, state, data):
     with torch.no_grad():
         saved = [t.clone() for t in state]
     try:
-        with _one_fake_mode(), _without_fake_values():
+        with (
+            compat.torch_one_fake_mode(),
+            compat.torch_record_without_fake_values(),
+        ):
             record = proxy_tensor.make_fx(step)(state, *data)
     except RuntimeError as error:
         if "_local_scalar_dense" not in str(error):
@@ -222,57 +234,8 @@ def _trace_step(model, update, state, data):
     return _compile(record, state, data), True
 
 
-@contextlib.contextmanager
-def _without_fake_values():
-    """A context in which `make_fx` records no fake copy of each tensor.
-
-    `make_fx` stores with every operation a fake tensor of its result
-    (`node.meta["val"]`), for the compiler passes that read a record's
-    shapes. The replay runs the record as it is and reads none; making the
-    fake tensors is most of the cost of a record. Only this thread's
-    records skip them: the function is replaced for the duration of the
-    record, under `_recording`, and other threads' calls go through.
-    """
-    original = getattr(proxy_tensor, "set_meta", None)
-    if original is None:  # A PyTorch that moved it: records as usual.
-        yield
-        return
-    thread = threading.get_ident()
-
-    def set_meta(proxy, value):
-        if threading.get_ident() == thread:
-            return proxy
-        return original(proxy, value)
-
-    proxy_tensor.set_meta = set_meta
-    try:
-        yield
-    finally:
-        proxy_tensor.set_meta = original
-
-
-def _one_fake_mode():
-    """A context in which `make_fx` describes every tensor with one mode.
-
-    `make_fx` stores the shape and dtype of each recorded tensor as a fake
-    tensor; without a fake mode in the tracing context, it creates a new
-    fake mode (and captures a Python stack) for every tensor, which is most
-    of the cost of a record. The record is the same.
-    """
-    try:
-        from torch import _guards
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        context = _guards.TracingContext(
-            FakeTensorMode(allow_fallback_kernels=True)
-        )
-        return _guards.tracing(context)
-    except (ImportError, AttributeError, TypeError):
-        return contextlib.nullcontext()
-
-
 def _flat_tensors(state, data):
-    leaves, _ = torch.utils._pytree.tree_flatten((state, data))
+    leaves = keras.tree.flatten((state, data))
     return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
@@ -284,7 +247,8 @@ def _compile(record, state, data):
     the time of a step of a small model on the CPU. If TorchScript fails,
     or the tensors are on another device, the record runs as it is.
     """
-    leaves, structure = torch.utils._pytree.tree_flatten((state, data))
+    leaves = keras.tree.flatten((state, data))
+    structure = _structure((state, data))
     is_tensor = [isinstance(leaf, torch.Tensor) for leaf in leaves]
     # Not the tensors themselves: the function must not keep the data alive.
     leaves = [
@@ -297,7 +261,7 @@ def _compile(record, state, data):
             next(tensors_left) if tensor else leaf
             for tensor, leaf in zip(is_tensor, leaves)
         ]
-        state, data = torch.utils._pytree.tree_unflatten(arguments, structure)
+        state, data = keras.tree.pack_sequence_as(structure, arguments)
         record(state, *data)
         # TorchScript needs a tensor to return.
         return tensors[0]
