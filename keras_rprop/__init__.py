@@ -15,6 +15,7 @@ from keras_rprop.optimizers import RpropPlus
 from keras_rprop.rule import VARIANTS
 from keras_rprop.rule import RpropConfig
 from keras_rprop.rule import rprop_update
+
 __version__ = "0.1.0"
 
 __all__ = [
