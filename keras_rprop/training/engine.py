@@ -51,6 +51,7 @@ from keras.src.trainers.data_adapters import array_slicing
 
 from keras_rprop.training import distributed
 from keras_rprop.training import runners
+from keras_rprop.training import stopping
 from keras_rprop.training import train_steps
 from keras_rprop.training.progress import EpochProgress
 from keras_rprop.training.progress import LossGoal
@@ -153,7 +154,9 @@ def fit_in_memory(
             result = runner.run(1, validation=validation, validate=validate)
             logs = dict(result.logs[0])
             callback_list.on_train_batch_end(0, _training_only(logs))
-            logs.update(_late_validation(validation, validate, 0))
+            logs.update(
+                _late_validation(validation, validate, 0, callback_list)
+            )
             callback_list.on_epoch_end(epoch, logs)
             training_logs = logs
             epoch += 1
@@ -174,7 +177,9 @@ def fit_in_memory(
             callback_list.on_epoch_begin(epoch + offset)
             callback_list.on_train_batch_begin(0)
             callback_list.on_train_batch_end(0, _training_only(logs))
-            logs.update(_late_validation(validation, validate, offset))
+            logs.update(
+                _late_validation(validation, validate, offset, callback_list)
+            )
             with _weights_of_epoch(model, result.weights, offset):
                 callback_list.on_epoch_end(epoch + offset, logs)
             training_logs = logs
@@ -204,17 +209,11 @@ def fit_in_memory(
 
 
 def _deciding_classes():
-    try:  # TODO(engine): until stopping.py lands
-        from keras_rprop.training import stopping
-
-        criteria = tuple(getattr(stopping, "STOPPING_CRITERIA", ()))
-    except ImportError:
-        criteria = ()
     return (
         keras.callbacks.EarlyStopping,
         keras.callbacks.ReduceLROnPlateau,
         keras.callbacks.TerminateOnNaN,
-        *criteria,
+        *stopping.STOPPING_CRITERIA,
     )
 
 
@@ -389,10 +388,11 @@ class _Validation:
         return {f"val_{name}": value for name, value in logs.items()}
 
 
-def _late_validation(validation, validate, offset):
+def _late_validation(validation, validate, offset, callback_list):
+    """The validation logs of an epoch that `evaluate` validates."""
     if validation is None or validation.in_loop or not validate[offset]:
         return {}
-    return validation.evaluate()
+    return validation.evaluate(callback_list)
 
 
 # -- Data ---------------------------------------------------------------------

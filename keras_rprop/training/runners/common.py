@@ -42,7 +42,9 @@ def epoch_logs(keys, train, val, validate, count):
     return logs
 
 
-def capacity(epochs):
+def capacity(epochs, validate=None):
+    """The power of two of arrays that hold `epochs` epochs' values."""
+    epochs = max(epochs, len(validate or ()))
     return 1 << max(0, epochs - 1).bit_length()
 
 

@@ -128,7 +128,7 @@ class JaxRunner:
         # two of epochs, never shrinking for a given kind of call, so that
         # calls with fewer epochs (a chunk run again) reuse the program.
         kind = (bool(batches), stop_on_nan, snapshots)
-        size = max(common.capacity(epochs), self.sizes.get(kind, 1))
+        size = max(common.capacity(epochs, validate), self.sizes.get(kind, 1))
         self.sizes[kind] = size
         count, state, train, val, saved = self.function(
             state,

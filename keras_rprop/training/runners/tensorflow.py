@@ -122,7 +122,9 @@ class TensorFlowRunner:
         count, train, val, saved = self.function(
             self.data,
             batches,
-            tf.constant(common.mask(validate, common.capacity(epochs))),
+            tf.constant(
+                common.mask(validate, common.capacity(epochs, validate))
+            ),
             tf.constant(epochs),
             tf.constant(-np.inf if goal is None else goal, "float32"),
             stop_on_nan,

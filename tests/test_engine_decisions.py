@@ -1,0 +1,280 @@
+"""Validation and deciding callbacks inside the engine's compiled loop.
+
+The engine validates inside its compiled calls and tells Keras's deciding
+callbacks (`EarlyStopping`, `ReduceLROnPlateau`, `TerminateOnNaN`) of
+epochs it ran ahead, rolling back when one of them decided earlier. The
+oracle is Keras's own `fit` on the same model, one full batch per epoch:
+the same stop epoch, restored weights, optimizer state, learning rates and
+History. Hyper-parameters changed between calls are checked against the
+float64 reference of the papers.
+"""
+
+import keras
+import numpy as np
+import pytest
+from reference import ReferenceRprop
+from reference import make_mlp_params
+from reference import make_regression_data
+from reference import mlp_loss_and_grads
+
+import keras_rprop
+from keras_rprop.training import runners
+from tests import helpers
+from tests.test_engine import assert_same_training
+from tests.test_engine import keras_fit
+
+
+def noisy_data():
+    """Few noisy samples: a wide network overfits them within 100 epochs."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=(24, 2)).astype("float32")
+    y = (np.sin(3 * x[:, :1]) + rng.normal(0, 0.3, (24, 1))).astype("float32")
+    x_val = rng.uniform(-1, 1, size=(30, 2)).astype("float32")
+    y_val = np.sin(3 * x_val[:, :1]).astype("float32")
+    w_val = rng.uniform(0.5, 1.5, size=(30,)).astype("float32")
+    return x, y, (x_val, y_val, w_val)
+
+
+def make_model(seed=0, layers=()):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((2,)),
+            keras.layers.Dense(24, activation="tanh"),
+            keras.layers.Dense(1),
+            *layers,
+        ]
+    )
+    model.compile(
+        optimizer=keras_rprop.Rprop("irprop+"), loss="mse", metrics=["mae"]
+    )
+    return model
+
+
+def train_both(callbacks, epochs=150, model_kwargs=None, **kwargs):
+    """Trains a model with `fit` and one with `fit_full_batch`."""
+    x, y, validation = noisy_data()
+    kwargs.setdefault("validation_data", validation)
+    expected = make_model(**(model_kwargs or {}))
+    expected_callbacks = callbacks()
+    expected_history = keras_fit(
+        expected, x, y, epochs=epochs, callbacks=expected_callbacks, **kwargs
+    )
+    model = make_model(**(model_kwargs or {}))
+    got_callbacks = callbacks()
+    history = keras_rprop.fit_full_batch(
+        model, x, y, epochs=epochs, verbose=0, callbacks=got_callbacks, **kwargs
+    )
+    assert_same_training(model, history, expected, expected_history)
+    return history, got_callbacks, expected_callbacks
+
+
+def assert_same_attributes(got, expected, names):
+    for name in names:
+        want = getattr(expected, name)
+        value = getattr(got, name)
+        if isinstance(want, float):
+            np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=name)
+        else:
+            assert value == want, name
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(monitor="val_loss", patience=3, restore_best_weights=True),
+        dict(
+            monitor="val_loss",
+            patience=4,
+            min_delta=1e-3,
+            baseline=0.2,
+            restore_best_weights=True,
+        ),
+        dict(monitor="val_mae", patience=2, start_from_epoch=20),
+        dict(monitor="loss", mode="max", patience=5, restore_best_weights=True),
+    ],
+)
+def test_early_stopping_matches_fit(settings):
+    history, got, expected = train_both(
+        lambda: [keras.callbacks.EarlyStopping(**settings)],
+        validation_freq=1 if settings["monitor"] != "val_mae" else 2,
+    )
+    assert len(history.epoch) < 150
+    assert_same_attributes(
+        got[0], expected[0], ["stopped_epoch", "best", "wait", "best_epoch"]
+    )
+
+
+def test_reduce_learning_rate_on_plateau_matches_fit():
+    def callbacks():
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=0.5,
+                patience=3,
+                cooldown=2,
+                min_delta=1e-4,
+                min_lr=0.05,
+            )
+        ]
+
+    history, got, expected = train_both(callbacks, epochs=120)
+    rates = history.history["learning_rate"]
+    assert len(set(rates)) > 2 and min(rates) == pytest.approx(0.05)
+    assert_same_attributes(got[0], expected[0], ["wait", "cooldown_counter"])
+
+
+def test_deciding_callbacks_together_match_fit():
+    def callbacks():
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.7, patience=2
+            ),
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=6, restore_best_weights=True
+            ),
+            keras_rprop.LossGoal(1e-9),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+
+    history, _, _ = train_both(callbacks, epochs=200, validation_freq=2)
+    assert len(history.epoch) < 200
+
+
+class NanAfter(keras.layers.Layer):
+    """Adds NaN to its input once it has run `calls` training steps."""
+
+    def __init__(self, calls, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = calls
+
+    def build(self, input_shape):
+        self.count = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="count"
+        )
+
+    def call(self, x, training=False):
+        if training:
+            self.count.assign_add(1.0)
+        return x + keras.ops.where(self.count > self.calls, np.nan, 0.0)
+
+
+def test_terminate_on_nan_stops_inside_a_chunk_like_fit():
+    history, _, _ = train_both(
+        lambda: [keras.callbacks.TerminateOnNaN()],
+        epochs=40,
+        model_kwargs=dict(layers=[NanAfter(17)]),
+    )
+    assert len(history.epoch) == 18
+    assert np.isnan(history.history["loss"][-1])
+    assert np.isfinite(history.history["loss"][-2])
+
+
+def test_validation_batches_weights_and_frequency_match_fit():
+    history, _, _ = train_both(
+        lambda: [],
+        epochs=20,
+        validation_batch_size=7,
+        validation_freq=[1, 2, 9, 20],
+    )
+    assert len(history.history["val_loss"]) == 4
+
+
+class EvaluationWatcher(keras.callbacks.Callback):
+    """Wants to be called while validation runs (like a progress bar)."""
+
+    def __init__(self):
+        super().__init__()
+        self.test_batches = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test_batches += 1
+
+
+def test_callbacks_of_the_evaluation_see_it_run():
+    history, got, expected = train_both(
+        lambda: [EvaluationWatcher()], epochs=6, validation_batch_size=10
+    )
+    assert got[0].test_batches == expected[0].test_batches == 18
+
+
+def test_validation_and_deciding_callbacks_do_not_end_compiled_calls(
+    monkeypatch,
+):
+    x, y, validation = noisy_data()
+    model = make_model()
+    calls = []
+    original = runners.runner
+
+    def counting_runner(*args, **kwargs):
+        found = original(*args, **kwargs)
+        run = type(found).run
+
+        def counted(self, epochs, **run_kwargs):
+            calls.append(epochs)
+            return run(self, epochs, **run_kwargs)
+
+        monkeypatch.setattr(type(found), "run", counted)
+        return found
+
+    monkeypatch.setattr(runners, "runner", counting_runner)
+
+    def no_evaluate(*args, **kwargs):
+        raise AssertionError("evaluate called")
+
+    monkeypatch.setattr(model, "evaluate", no_evaluate)
+    history = keras_rprop.fit_full_batch(
+        model,
+        x,
+        y,
+        epochs=200,
+        verbose=0,
+        validation_data=validation,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=1000),
+            keras.callbacks.ReduceLROnPlateau(patience=1000),
+        ],
+    )
+    assert len(history.history["val_loss"]) == 200
+    # Chunks of epochs, not one call per epoch.
+    assert sum(calls) == 200 and len(calls) <= 4
+
+
+@pytest.fixture
+def float64():
+    with helpers.float64_precision():
+        yield
+
+
+@pytest.mark.parametrize("variant", ["irprop-", "rprop+"])
+@pytest.mark.parametrize("steps_per_epoch", [1, 2])
+def test_hyperparameters_changed_between_calls_take_effect(
+    float64, variant, steps_per_epoch
+):
+    x, y = make_regression_data()
+    params = make_mlp_params()
+    reference = ReferenceRprop(variant, [p.shape for p in params])
+    expected = [np.array(p) for p in params]
+    for changes in ({}, {"eta_plus": 2.0, "eta_minus": 0.3}):
+        for name, value in changes.items():
+            setattr(reference, name, value)
+        for _ in range(8):
+            loss, grads = mlp_loss_and_grads(expected, x, y)
+            expected = reference.step(expected, grads, loss=loss)
+
+    model = helpers.build_mlp(params)
+    model.compile(optimizer=keras_rprop.Rprop(variant), loss="mse")
+    for changes in ({}, {"eta_plus": 2.0, "eta_minus": 0.3}):
+        for name, value in changes.items():
+            setattr(model.optimizer, name, value)
+        keras_rprop.fit_full_batch(
+            model,
+            x,
+            y,
+            epochs=8 // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            verbose=0,
+        )
+    helpers.assert_weights_close(
+        helpers.weights_of(model.trainable_variables), expected
+    )
