@@ -24,9 +24,27 @@ median epochs per second over the rounds and the ratio of `fit_full_batch`
 to the torch loop of the same round (its median and range), since the
 machine's speed drifts between rounds.
 
+With `--scenarios`, the calls users write instead of the bare one, each
+beside a hand-written PyTorch loop that does the same work (350 training
+and 150 validation samples, 300 epochs; the second call is timed, except
+for `seeds`):
+
+- `bare`: `fit_full_batch(model, x, y, epochs=300)`; the loop as above.
+- `validation`: `validation_data=(x_val, y_val)`; the loop computes the
+  validation loss every epoch (`torch.no_grad()`, read with `.item()`).
+- `early-stopping`: also `EarlyStopping("val_loss", patience=10**6,
+  restore_best_weights=True)`; the loop keeps a copy of the weights of the
+  best validation epoch and restores them at the end.
+- `seeds`: five fresh models of the same structure trained in one process
+  (compilation included); the loop trains five fresh `torch.nn` models.
+- `chunks`: `chunk_size=100` (the exact full-batch gradient summed over 4
+  chunks); the loop sums the gradients of 4 chunks, weighted by their
+  sizes, before each step.
+
 Usage:
 
     python benchmarks/fullbatch_speed.py                 # 3 rounds, ~2 min
+    python benchmarks/fullbatch_speed.py --scenarios all --repeats 3
     python benchmarks/fullbatch_speed.py --repeats 5 --backends jax,torch
     python benchmarks/fullbatch_speed.py --jax-compilation-cache /tmp/jc
 """
@@ -54,12 +72,12 @@ def data():
     return x, y
 
 
-def keras_model():
+def keras_model(seed=0):
     import keras
 
     import keras_rprop
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     layers = [keras.Input((FEATURES,))]
     layers += [keras.layers.Dense(units, activation="tanh") for units in HIDDEN]
     model = keras.Sequential(layers + [keras.layers.Dense(1)])
@@ -179,6 +197,113 @@ def run_jax_loop(epochs):
     return {"jax loop": [epochs / timed(loop), epochs / timed(loop)]}
 
 
+SCENARIOS = ("bare", "validation", "early-stopping", "seeds", "chunks")
+SEEDS = 5
+CHUNK = 100
+TRAIN = 350
+
+
+def split_data():
+    x, y = data()
+    return (x[:TRAIN], y[:TRAIN]), (x[TRAIN:], y[TRAIN:])
+
+
+def run_keras_scenario(scenario, epochs):
+    import keras
+
+    import keras_rprop
+
+    (x, y), validation = split_data()
+    kwargs = {}
+    if scenario in ("validation", "early-stopping"):
+        kwargs["validation_data"] = validation
+    if scenario == "early-stopping":
+        kwargs["callbacks"] = [
+            keras.callbacks.EarlyStopping(
+                "val_loss", patience=10**6, restore_best_weights=True
+            )
+        ]
+    if scenario == "chunks":
+        kwargs["chunk_size"] = CHUNK
+    if scenario == "seeds":
+
+        def seeds():
+            for seed in range(SEEDS):
+                keras.utils.set_random_seed(seed)
+                model = keras_model(seed=seed)
+                keras_rprop.fit_full_batch(
+                    model, x, y, epochs=epochs, verbose=0
+                )
+
+        return {"rate": SEEDS * epochs / timed(seeds)}
+    model = keras_model()
+
+    def natural():
+        keras_rprop.fit_full_batch(
+            model, x, y, epochs=epochs, verbose=0, **kwargs
+        )
+
+    timed(natural)
+    return {"rate": epochs / timed(natural)}
+
+
+def torch_scenario(scenario, epochs):
+    import copy
+
+    import torch
+
+    (x, y), (x_val, y_val) = (
+        tuple(torch.from_numpy(a) for a in pair) for pair in split_data()
+    )
+    loss_fn = torch.nn.MSELoss()
+
+    def new_model(seed):
+        torch.manual_seed(seed)
+        sizes = (FEATURES,) + HIDDEN
+        layers = []
+        for n_in, n_out in zip(sizes, sizes[1:]):
+            layers += [torch.nn.Linear(n_in, n_out), torch.nn.Tanh()]
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], 1))
+        optimizer = torch.optim.Rprop(
+            model.parameters(),
+            lr=0.1,
+            etas=(0.5, 1.2),
+            step_sizes=(1e-6, 50),
+        )
+        return model, optimizer
+
+    def train(model, optimizer):
+        best, best_state = math.inf, None
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            if scenario == "chunks":
+                for start in range(0, len(x), CHUNK):
+                    xc, yc = x[start : start + CHUNK], y[start : start + CHUNK]
+                    (loss_fn(model(xc), yc) * (len(xc) / len(x))).backward()
+            else:
+                loss_fn(model(x), y).backward()
+            optimizer.step()
+            if scenario in ("validation", "early-stopping"):
+                with torch.no_grad():
+                    val_loss = loss_fn(model(x_val), y_val).item()
+                if scenario == "early-stopping" and val_loss < best:
+                    best = val_loss
+                    best_state = copy.deepcopy(model.state_dict())
+        if best_state is not None:
+            model.load_state_dict(best_state)
+
+    if scenario == "seeds":
+
+        def seeds():
+            for seed in range(SEEDS):
+                train(*new_model(seed))
+
+        return {"rate": SEEDS * epochs / timed(seeds)}
+    model, optimizer = new_model(0)
+    timed(lambda: train(model, optimizer))
+    return {"rate": epochs / timed(lambda: train(model, optimizer))}
+
+
 def limit_threads(threads):
     """Runs every framework on `threads` CPU threads (set before import)."""
     os.environ["XLA_FLAGS"] = (
@@ -197,9 +322,13 @@ def limit_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def child(backend, epochs, threads, plain_fit):
+def child(backend, epochs, threads, plain_fit, scenario=None):
     if threads:
         limit_threads(threads)
+    if scenario is not None:
+        if backend == "torch-loop":
+            return torch_scenario(scenario, epochs)
+        return run_keras_scenario(scenario, epochs)
     if backend == "torch-loop":
         return run_torch_loop(epochs)
     if backend == "jax-loop":
@@ -253,6 +382,12 @@ def main():
         action="store_true",
         help="Do not time plain `model.fit` (slow on large models).",
     )
+    parser.add_argument(
+        "--scenarios",
+        help="Time the calls users write instead of the bare one: a "
+        f"comma-separated list of {', '.join(SCENARIOS)}, or 'all'.",
+    )
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--plain-fit", action="store_true", help=argparse.SUPPRESS
@@ -261,11 +396,13 @@ def main():
     HIDDEN = tuple(int(width) for width in args.hidden.split(","))
     FUSED = {"none": None, "true": True, "false": False}[args.fused]
     if args.child:
-        result = child(args.child, args.epochs, args.threads, args.plain_fit)
+        result = child(
+            args.child, args.epochs, args.threads, args.plain_fit, args.scenario
+        )
         print(json.dumps(result))
         return
 
-    def run(backend, plain_fit=False):
+    def run(backend, plain_fit=False, scenario=None):
         env = dict(os.environ, KERAS_BACKEND=backend.replace("-loop", ""))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         if args.jax_compilation_cache:
@@ -276,12 +413,19 @@ def main():
         command += ["--threads", str(args.threads)]
         command += ["--hidden", args.hidden, "--fused", args.fused]
         command += ["--plain-fit"] if plain_fit else []
+        command += ["--scenario", scenario] if scenario else []
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{backend} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     backends = args.backends.split(",")
+    if args.scenarios:
+        scenarios = (
+            SCENARIOS if args.scenarios == "all" else args.scenarios.split(",")
+        )
+        report_scenarios(run, backends, scenarios, args)
+        return
     if args.jax_compilation_cache:
         for backend in ["jax-loop"] + (["jax"] if "jax" in backends else []):
             run(backend)
@@ -329,6 +473,51 @@ def main():
                 f"{rounds[0][backend]['plain fit'][i]:>10.0f} "
                 f"{statistics.median(j[i] for j in jax_rates):>9.0f}"
             )
+
+
+def report_scenarios(run, backends, scenarios, args):
+    """Times each scenario on each backend beside its torch loop."""
+    ratios = {(b, s): [] for b in backends for s in scenarios}
+    rates = {(b, s): [] for b in backends + ["torch-loop"] for s in scenarios}
+    for _ in range(args.repeats):
+        for scenario in scenarios:
+            # The torch loop right before and after, the faster taken.
+            before = run("torch-loop", scenario=scenario)["rate"]
+            results = {b: run(b, scenario=scenario)["rate"] for b in backends}
+            after = run("torch-loop", scenario=scenario)["rate"]
+            loop = max(before, after)
+            rates["torch-loop", scenario].append(loop)
+            for backend, rate in results.items():
+                rates[backend, scenario].append(rate)
+                ratios[backend, scenario].append(rate / loop)
+    print(
+        f"{args.epochs} full-batch epochs, MLP {FEATURES}-"
+        f"{'-'.join(map(str, HIDDEN))}-1, {TRAIN} training and "
+        f"{SAMPLES - TRAIN} validation samples, irprop-; epochs per second "
+        "(second call; seeds: 5 fresh models, compilation included), "
+        f"{args.threads or 'default'} CPU thread(s); ratio to the torch "
+        f"loop of the same round, medians of {args.repeats} rounds, range "
+        "in brackets"
+    )
+    header = f"{'scenario':<15} {'torch loop':>10}" + "".join(
+        f" {backend:>24}" for backend in backends
+    )
+    print(header)
+    print("-" * len(header))
+    for scenario in scenarios:
+        line = (
+            f"{scenario:<15} "
+            f"{statistics.median(rates['torch-loop', scenario]):>10.0f}"
+        )
+        for backend in backends:
+            values = ratios[backend, scenario]
+            cell = (
+                f"{statistics.median(rates[backend, scenario]):.0f} "
+                f"{statistics.median(values):.2f}x "
+                f"[{min(values):.2f}-{max(values):.2f}]"
+            )
+            line += f" {cell:>24}"
+        print(line)
 
 
 if __name__ == "__main__":

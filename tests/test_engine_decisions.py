@@ -35,14 +35,15 @@ def noisy_data():
     return x, y, (x_val, y_val, w_val)
 
 
-def make_model(seed=0, layers=()):
+def make_model(seed=0, layers=list):
+    """A fresh model; `layers()` gives layers to add at its end."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [
             keras.Input((2,)),
             keras.layers.Dense(24, activation="tanh"),
             keras.layers.Dense(1),
-            *layers,
+            *layers(),
         ]
     )
     model.compile(
@@ -163,7 +164,7 @@ def test_terminate_on_nan_stops_inside_a_chunk_like_fit():
     history, _, _ = train_both(
         lambda: [keras.callbacks.TerminateOnNaN()],
         epochs=40,
-        model_kwargs=dict(layers=[NanAfter(17)]),
+        model_kwargs=dict(layers=lambda: [NanAfter(17)]),
     )
     assert len(history.epoch) == 18
     assert np.isnan(history.history["loss"][-1])
