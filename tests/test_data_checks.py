@@ -337,6 +337,41 @@ def test_arrays_given_in_chunks_are_checked_too():
     assert_same_state(before, model_state(model))
 
 
+def test_validation_arrays_beside_a_chunk_source_are_checked():
+    """A source of chunks is not read before training; arrays still are."""
+    x, y = helpers.sine_data(SAMPLES)
+
+    class Chunks(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]
+
+    bad = y[:8].copy()
+    bad[5, 0] = np.inf
+    model = compiled_model()
+    before = model_state(model)
+    with pytest.raises(
+        ValueError,
+        match=message(
+            "validation_data", "`validation_data` targets", np.inf, (5, 0)
+        ),
+    ):
+        keras_rprop.fit_full_batch(
+            model, Chunks(), verbose=0, validation_data=(x[:8], bad)
+        )
+    assert_same_state(before, model_state(model))
+
+
+def test_sparse_arrays_are_counted_but_not_scanned():
+    sparse = pytest.importorskip("scipy.sparse")
+    x = sparse.csr_matrix(np.array([[np.nan, 0.0], [0.0, 1.0]], "float32"))
+    data_checks.check_fit_data(x, np.zeros((2, 1), "float32"))
+    with pytest.raises(ValueError, match="`x` with 2 samples, `y` with 3"):
+        data_checks.check_fit_data(x, np.zeros((3, 1), "float32"))
+
+
 def test_check_finite_false_trains_on_the_bad_data():
     """What the check prevents: the loss is NaN from the first epoch."""
     arguments = with_bad_value(clean_arguments(), "x", None, (0, 0), np.nan)
