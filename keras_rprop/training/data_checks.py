@@ -23,7 +23,6 @@ import sys
 
 import keras
 import numpy as np
-from keras.src.trainers.data_adapters import data_adapter_utils
 
 # A NumPy array is checked in blocks of about this many elements along its
 # first axis, so that the check needs little memory even for data that
@@ -174,17 +173,8 @@ def _check_finite(argument, name, leaf):
 
 def _skipped(leaf):
     """Whether `leaf` is not checked for finiteness (see the module)."""
-    if isinstance(leaf, (str, bytes)):
+    if isinstance(leaf, (str, bytes)) or _sparse(leaf):
         return True
-    if (
-        data_adapter_utils.is_tensorflow_ragged(leaf)
-        or data_adapter_utils.is_tensorflow_sparse(leaf)
-        or data_adapter_utils.is_jax_sparse(leaf)
-        or data_adapter_utils.is_scipy_sparse(leaf)
-    ):
-        return True
-    if _library(leaf) == "torch":
-        return leaf.layout is not _torch().strided
     # Datasets, generators and other sources of chunks.
     return not (
         _library(leaf) is not None
@@ -193,10 +183,24 @@ def _skipped(leaf):
     )
 
 
+def _sparse(leaf):
+    """Whether `leaf` is a sparse or ragged tensor or a SciPy sparse array."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(leaf, (tf.RaggedTensor, tf.SparseTensor)):
+        return True
+    jax_sparse = sys.modules.get("jax.experimental.sparse")
+    if jax_sparse is not None and isinstance(leaf, jax_sparse.JAXSparse):
+        return True
+    scipy_sparse = sys.modules.get("scipy.sparse")
+    if scipy_sparse is not None and scipy_sparse.issparse(leaf):
+        return True
+    return _library(leaf) == "torch" and leaf.layout is not _torch().strided
+
+
 def _library(leaf):
     """The library of a dense tensor, `None` for anything else."""
     # A tensor exists only once its library is imported, so the test
-    # imports none. (Keras's `is_jax_array` misses recent JAX's arrays.)
+    # imports none.
     for library, tensor_class in (
         ("torch", "Tensor"),
         ("jax", "Array"),
