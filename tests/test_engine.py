@@ -244,6 +244,7 @@ def test_terminate_on_nan_stops_at_the_first_nan():
         epochs=5,
         verbose=0,
         callbacks=[keras.callbacks.TerminateOnNaN()],
+        check_finite=False,
     )
     assert history.epoch == expected_history.epoch == [0]
     assert np.isnan(history.history["loss"][0])

@@ -75,6 +75,10 @@ _SNAPSHOT_BYTES = 64 * 2**20
 # rather than unrolled into the compiled loop.
 _MAX_VALIDATION_BATCHES = 16
 
+# Arrays in at most this many chunks have their chunks unrolled into the
+# compiled step; more go through `model.fit` chunk by chunk.
+MAX_CHUNKS = 32
+
 
 def fit_in_memory(
     model,
@@ -91,8 +95,13 @@ def fit_in_memory(
     validation_batch_size=None,
     sample_weight=None,
     initial_epoch=0,
+    chunk_size=None,
 ):
-    """Trains on arrays in memory (see `fit_full_batch`); returns History."""
+    """Trains on arrays in memory (see `fit_full_batch`); returns History.
+
+    With `chunk_size`, each step sums the gradients of the chunks of the
+    data (in one compiled step, at most `MAX_CHUNKS` of them).
+    """
     if validation_split and validation_data is None:
         # The last fraction of the samples, as `fit` splits it.
         (x, y, sample_weight), validation_data = (
@@ -101,8 +110,9 @@ def fit_in_memory(
             )
         )
     data = _to_tensors((x, y, sample_weight))
-    samples = train_steps.batch_size(data[0])
+    samples = int(train_steps.batch_size(data[0]))
     _build(model, data)
+    batch_size = chunk_size or samples
 
     if verbose == "auto":
         verbose = 1
@@ -122,13 +132,15 @@ def fit_in_memory(
         for c in callback_list.callbacks
         if isinstance(c, keras.callbacks.History)
     )
-    runner = runners.runner(model, data, steps_per_epoch)
+    runner = runners.runner(
+        model, _batches(data, samples, batch_size), steps_per_epoch
+    )
     validation = None
     if validation_data is not None:
         validation = _Validation(
             model,
             validation_data,
-            validation_batch_size or samples,
+            validation_batch_size or batch_size,
             in_loop=runner.validates
             and not any(_reads_evaluation(c) for c in user_callbacks),
         )
@@ -354,19 +366,12 @@ class _Validation:
         self.data = (x, y, sample_weight)
         tensors = _to_tensors(self.data)
         samples = int(train_steps.batch_size(tensors[0]))
-        starts = range(0, samples, batch_size)
-        self.in_loop = in_loop and len(starts) <= _MAX_VALIDATION_BATCHES
+        self.in_loop = (
+            in_loop and -(-samples // batch_size) <= _MAX_VALIDATION_BATCHES
+        )
         self.batches = ()
         if self.in_loop:
-            self.batches = tuple(
-                keras.tree.map_structure(
-                    lambda t, s=start: (
-                        None if t is None else t[s : s + batch_size]
-                    ),
-                    tensors,
-                )
-                for start in starts
-            )
+            self.batches = _batches(tensors, samples, batch_size)
 
     def evaluate(self, callbacks=None):
         x, y, sample_weight = self.data
@@ -405,6 +410,18 @@ def _to_tensors(data):
         return keras.ops.convert_to_tensor(value)
 
     return keras.tree.map_structure(convert, data)
+
+
+def _batches(data, samples, batch_size):
+    """`data` in consecutive batches of `batch_size` samples (the last may
+    hold fewer), as `fit` and `evaluate` cut arrays."""
+    return tuple(
+        keras.tree.map_structure(
+            lambda t, s=start: None if t is None else t[s : s + batch_size],
+            data,
+        )
+        for start in range(0, samples, batch_size)
+    )
 
 
 def _build(model, data):

@@ -160,6 +160,16 @@ def fit_full_batch(
             "epoch is one pass over the chunks and one optimizer step. "
             f"Received: steps_per_epoch={steps_per_epoch!r}"
         )
+    if (
+        samples is not None
+        and -(-samples // chunk_size) <= engine.MAX_CHUNKS
+        and _engine_runs(model, fit_kwargs)
+    ):
+        # All chunks of an epoch in the engine's compiled step.
+        fit_kwargs.pop("shuffle", None)
+        return engine.fit_in_memory(
+            model, x, y, epochs=epochs, chunk_size=chunk_size, **fit_kwargs
+        )
     if chunks_per_epoch is None and (
         inspect.isgenerator(x)
         or (hasattr(x, "__next__") and not hasattr(x, "__len__"))

@@ -186,6 +186,46 @@ def update(model, x, y, sample_weight, track_loss=True):
     return y_pred
 
 
+def add_sums(total, sums):
+    """`total + sums`, where `total` may be `None` (nothing added yet)."""
+    if total is None:
+        return sums
+    grads = [
+        b if a is None else a if b is None else ops.add(a, b)
+        for a, b in zip(total.grads, sums.grads)
+    ]
+    return Sums(
+        grads,
+        ops.add(total.loss, sums.loss),
+        ops.add(total.samples, sums.samples),
+    )
+
+
+def update_chunks(model, chunks, on_chunk=None):
+    """One optimizer step with the gradient of all `chunks` together.
+
+    The chunks' `Sums` are added up in order, as a `GradientAccumulator`
+    adds them, and one step is applied with their mean. The loss tracker
+    sees every chunk (weighted by its size).
+
+    Args:
+        model: The compiled Keras model.
+        chunks: A sequence of `(x, y, sample_weight)` batches.
+        on_chunk: Called as `on_chunk(x, y, y_pred, sample_weight)` after
+            each chunk's gradient, for the metrics; its last result is
+            returned.
+    """
+    total = None
+    result = None
+    for x, y, sample_weight in chunks:
+        sums, y_pred = gradient_sums(model, x, y, sample_weight)
+        if on_chunk is not None:
+            result = on_chunk(x, y, y_pred, sample_weight)
+        total = add_sums(total, sums)
+    apply_sums(model, global_sums(total))
+    return result
+
+
 def _tensorflow_gradient_sums(model, x, y, sample_weight, track_loss):
     import tensorflow as tf
 
@@ -359,6 +399,33 @@ def jax_update(model, state, x, y, sample_weight):
         metrics_variables,
     )
     return state, loss, y_pred
+
+
+def jax_update_chunks(model, state, chunks):
+    """`update_chunks` statelessly (JAX), the metrics fed chunk by chunk.
+
+    Returns:
+        A tuple `(state, logs)`: the new values of the four groups of
+        variables and the logs after the last chunk.
+    """
+    trainable, non_trainable, optimizer, metrics = state
+    total = None
+    for x, y, sample_weight in chunks:
+        sums, loss, y_pred, non_trainable, metrics = jax_gradient_sums(
+            model,
+            (trainable, non_trainable, optimizer, metrics),
+            x,
+            y,
+            sample_weight,
+        )
+        logs, metrics = jax_update_metrics(
+            model, metrics, loss, x, y, y_pred, sample_weight
+        )
+        total = add_sums(total, sums)
+    trainable, optimizer = jax_apply_sums(
+        model, trainable, optimizer, global_sums(total)
+    )
+    return (trainable, non_trainable, optimizer, metrics), logs
 
 
 def jax_update_metrics(

@@ -40,7 +40,6 @@ class JaxRunner:
         import jax.numpy as jnp
 
         model = self.model
-        x, y, sample_weight = data
         fresh_metrics = state[3]
         weights = _weight_positions(model) if snapshots else []
 
@@ -56,14 +55,10 @@ class JaxRunner:
             state = (*state[:3], fresh_metrics)
             if self.steps > 1:
                 state = train_steps.jax_repeat(
-                    model, state, x, y, sample_weight, self.steps - 1
+                    model, state, *data[0], self.steps - 1
                 )
-            state, loss, y_pred = train_steps.jax_update(
-                model, state, x, y, sample_weight
-            )
-            logs, metrics = train_steps.jax_update_metrics(
-                model, state[3], loss, x, y, y_pred, sample_weight
-            )
+            state, logs = train_steps.jax_update_chunks(model, state, data)
+            metrics = state[3]
             train = [
                 array.at[epoch].set(jnp.asarray(logs[key], "float32"))
                 for array, key in zip(train, self.keys)

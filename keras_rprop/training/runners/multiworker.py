@@ -41,7 +41,7 @@ class TensorFlowMultiWorkerRunner:
                 model.compute_metrics(x, y, y_pred, sample_weight)
             return model.get_metrics_result()
 
-        logs = self.strategy.run(replica_epoch, args=data)
+        logs = self.strategy.run(replica_epoch, args=data[0])
         return {
             key: self.strategy.experimental_local_results(value)[0]
             for key, value in logs.items()

@@ -44,7 +44,6 @@ class TensorFlowRunner:
         import tensorflow as tf
 
         model = self.model
-        x, y, sample_weight = data
         weights = list(model.weights) if snapshots else []
         nan = [tf.constant(np.nan, "float32") for _ in self.keys]
 
@@ -54,12 +53,11 @@ class TensorFlowRunner:
             if self.steps > 1:
                 tf.while_loop(
                     lambda i: i < self.steps - 1,
-                    lambda i: _untracked(model, data, i),
+                    lambda i: _untracked(model, data[0], i),
                     (tf.constant(0),),
                     parallel_iterations=1,
                 )
-            y_pred = train_steps.update(model, x, y, sample_weight)
-            logs = model.compute_metrics(x, y, y_pred, sample_weight)
+            logs = train_steps.update_chunks(model, data, model.compute_metrics)
             loss = tf.cast(logs["loss"], "float32")
             train = [
                 array.write(epoch, tf.cast(logs[key], "float32"))

@@ -36,9 +36,11 @@ class TorchRunner:
         untracked = None
         if self.steps > 1:
             untracked = torch_replay.stepper(
-                model, train_steps.untracked_update, self.data
+                model, train_steps.untracked_update, self.data[0]
             )
-        tracked = torch_replay.stepper(model, _tracked_update, self.data)
+        tracked = torch_replay.stepper(
+            model, _tracked_update, (self.data, None, None)
+        )
         validating = None
         if (
             validation is not None
@@ -98,17 +100,19 @@ class TorchRunner:
         return common.Result(logs_by_epoch, weights)
 
 
-def _tracked_update(model, x, y, sample_weight):
+def _tracked_update(model, chunks, _y, _sample_weight):
     """An optimizer step that feeds fresh metrics (PyTorch)."""
     import torch
+
+    def update_metrics(x, y, y_pred, sample_weight):
+        with torch.no_grad():
+            if model._compile_metrics is not None:
+                model._compile_metrics.update_state(y, y_pred, sample_weight)
 
     for metric in model.metrics:
         metric.reset_state()
     with distributed.global_metrics(model.metrics):
-        y_pred = train_steps.update(model, x, y, sample_weight)
-        with torch.no_grad():
-            if model._compile_metrics is not None:
-                model._compile_metrics.update_state(y, y_pred, sample_weight)
+        train_steps.update_chunks(model, chunks, update_metrics)
 
 
 def _validation_step(model, batches, _y, _sample_weight):
