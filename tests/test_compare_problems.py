@@ -1,5 +1,6 @@
 """The benchmark problems of `keras-rprop compare`: data, networks, metrics."""
 
+import dataclasses
 import itertools
 import math
 
@@ -28,7 +29,9 @@ def test_default_problems_are_registered():
         "wine",
         "digits",
         "diabetes",
+        "sinc",
     } <= set(problems.PROBLEMS)
+    assert "sinc" in problems.DEFAULT_PROBLEMS
 
 
 def test_data_shapes_and_dtypes(datasets):
@@ -92,6 +95,42 @@ def test_two_spirals_geometry():
     # Radii shrink from 1 to 6.5 * 8 / 104 / 6.5.
     radius = np.linalg.norm(data.x_train[:97], axis=1)
     np.testing.assert_allclose(radius, (104 - np.arange(97)) / 104, rtol=1e-6)
+
+
+def test_sinc_curve_by_hand():
+    data = problems.PROBLEMS["sinc"].load()
+    assert data.x_train.shape == data.y_train.shape == (1000, 1)
+    assert data.x_test.shape == data.y_test.shape == (999, 1)
+    x = data.x_train[:, 0].astype("float64")
+    assert x[0] == -1.0 and x[-1] == 1.0
+    np.testing.assert_allclose(np.diff(x), 2 / 999, rtol=1e-4)
+    # The test points lie halfway between the training points.
+    np.testing.assert_allclose(
+        data.x_test[:, 0], (x[:-1] + x[1:]) / 2, atol=1e-7
+    )
+    for inputs, targets in (
+        (data.x_train, data.y_train),
+        (data.x_test, data.y_test),
+    ):
+        expected = [
+            math.sin(10 * math.pi * v) / (10 * math.pi * v)
+            for v in inputs[:, 0].astype("float64")
+        ]
+        np.testing.assert_allclose(targets[:, 0], expected, atol=1e-6)
+    # Its zeros, at x = k / 10, and its peak at x = 0.
+    small = problems.sinc_data(21)
+    np.testing.assert_allclose(small.x_train[:, 0], np.arange(-10, 11) / 10)
+    expected = np.zeros(21)
+    expected[10] = 1.0
+    np.testing.assert_allclose(small.y_train[:, 0], expected, atol=1e-6)
+    model = problems.PROBLEMS["sinc"].build_model(data, seed=0)
+    assert model.count_params() == 61
+
+
+@pytest.mark.parametrize("points", [1, 2.5, True, "100"])
+def test_sinc_data_rejects_bad_sizes(points):
+    with pytest.raises(ValueError, match=f"`points`.*{points!r}"):
+        problems.sinc_data(points)
 
 
 @pytest.mark.parametrize(
@@ -193,6 +232,13 @@ def test_bad_names_raise():
         runner.resolve(None, None, 0, None)
     with pytest.raises(ValueError, match="`epochs`.*2.5"):
         runner.resolve(None, None, 1, 2.5)
+    with pytest.raises(ValueError, match="`mini_batch_epochs`.*0"):
+        problems.register(
+            dataclasses.replace(
+                problems.PROBLEMS["sinc"], name="x", mini_batch_epochs=0
+            )
+        )
+    assert "x" not in problems.PROBLEMS
     with pytest.raises(ValueError, match="`task`"):
         problems.register(
             problems.Problem(

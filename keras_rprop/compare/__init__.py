@@ -65,8 +65,10 @@ def run(
         output: Folder for `table.md`, `runs.csv`, `results.json` and
             `loss_curves.png` (created if missing), or `None` to write
             nothing.
-        plot_x: The plot's x axis: `"epochs"` (iterations for `lbfgs` and
-            `lm`), `"evaluations"` (gradient evaluations) or `"seconds"`.
+        plot_x: The plot's x axis, or a list of them, a row of panels
+            each: `"evaluations"` (gradient evaluations on the training
+            set), `"seconds"` or `"epochs"`; see
+            `plot.loss_curves_figure`.
         verbose: Whether to print one line per run and the tables.
         command: The command line to record with the results.
 
@@ -75,11 +77,13 @@ def run(
     """
     log = print_flush if verbose else None
     start = time.perf_counter()
-    if plot_x not in plot.X_AXES:
+    try:
+        plot_x = plot.x_axes(plot_x)
+    except (TypeError, ValueError):
         raise ValueError(
-            f"Argument `plot_x` must be one of {plot.X_AXES}. "
-            f"Received: plot_x={plot_x!r}"
-        )
+            f"Argument `plot_x` must be one of {plot.X_AXES} or a non-empty "
+            f"list of them. Received: plot_x={plot_x!r}"
+        ) from None
     results = run_comparison(
         problems=problems,
         optimizers=optimizers,

@@ -4,8 +4,8 @@ SciPy's solvers work on one float64 vector. `FlatModel` maps it to the
 model's trainable weights, and the functions here evaluate the model with
 `model.stateless_call` (the variables stay untouched) and differentiate it
 with the backend's own automatic differentiation (`tf.GradientTape`,
-`jax.grad`, `torch.autograd`), compiled once (`tf.function`, `jax.jit`;
-PyTorch runs eagerly).
+`jax.grad`, `torch.autograd` and `torch.func`), compiled once
+(`tf.function`, `jax.jit`; PyTorch runs eagerly).
 """
 
 import keras
@@ -145,35 +145,79 @@ def value_and_grad(fn):
     return torch_value_and_grad
 
 
-def jacobian(fn):
-    """`trainable -> [d fn / d w for w in trainable]`, each `(m, *w.shape)`.
+def residual_jacobian(model, x, y):
+    """`trainable -> Jacobian of model(x) - y`, one row per residual.
 
-    For a function with a vector of `m` values.
+    Each residual depends on its own sample only (the networks here have no
+    layer that mixes the samples of a batch), so the rows of a sample are
+    the derivatives of that sample's residuals alone, and all samples are
+    differentiated at once by vectorizing over them (`tf.vectorized_map`,
+    `jax.vmap`, `torch.func.vmap`). Differentiating the batch's residuals
+    as one function in reverse mode would instead run a backward pass
+    through the whole batch for every residual: work that grows with the
+    square of the number of samples.
+
+    Args:
+        model: A built Keras model whose samples do not interact.
+        x, y: The training set, NumPy arrays; `y` has the model's output
+            shape.
+
+    Returns:
+        A backend function of the trainable weights (a list of tensors)
+        returning a list with one block per weight, each of shape
+        `(samples * outputs, *weight.shape)`, the rows in the order of
+        `residuals(model, x, y)`.
     """
     backend = keras.backend.backend()
     _check_backend(backend)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+    rows = int(np.prod(y.shape))
+
+    def sample_residuals(trainable, x_sample, y_sample):
+        outputs, _ = model.stateless_call(
+            trainable, non_trainable, x_sample[None], training=True
+        )
+        return ops.reshape(outputs - y_sample[None], (-1,))
+
+    def as_rows(blocks):
+        return [
+            ops.reshape(block, (rows, *block.shape[2:])) for block in blocks
+        ]
+
     if backend == "jax":
         import jax
 
-        return jax.jit(jax.jacrev(fn))
+        per_sample = jax.vmap(
+            jax.jacrev(sample_residuals), in_axes=(None, 0, 0)
+        )
+        return jax.jit(lambda trainable: as_rows(per_sample(trainable, x, y)))
     if backend == "tensorflow":
         import tensorflow as tf
 
         def tensorflow_jacobian(trainable):
-            with tf.GradientTape() as tape:
-                tape.watch(trainable)
-                value = fn(trainable)
-            return tape.jacobian(value, trainable)
+            def one_sample(sample):
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    value = sample_residuals(trainable, *sample)
+                return tape.jacobian(value, trainable)
+
+            return as_rows(tf.vectorized_map(one_sample, (x, y)))
 
         return tf.function(tensorflow_jacobian, autograph=False)
     import torch
 
+    per_sample = torch.func.vmap(
+        torch.func.jacrev(
+            lambda trainable, x_sample, y_sample: sample_residuals(
+                list(trainable), x_sample, y_sample
+            )
+        ),
+        in_dims=(None, 0, 0),
+    )
+
     def torch_jacobian(trainable):
-        return torch.autograd.functional.jacobian(
-            lambda *weights: fn(list(weights)),
-            tuple(trainable),
-            vectorize=True,
-        )
+        return as_rows(per_sample(tuple(trainable), x, y))
 
     return torch_jacobian
 
@@ -214,9 +258,8 @@ def residual_and_jacobian_functions(model, x, y):
         weights.
     """
     flat = FlatModel(model)
-    fn = residuals(model, x, y)
-    compute_residuals = compiled(fn)
-    compute_jacobian = jacobian(fn)
+    compute_residuals = compiled(residuals(model, x, y))
+    compute_jacobian = residual_jacobian(model, x, y)
 
     def residual_function(vector):
         value = compute_residuals(flat.unflatten(vector))

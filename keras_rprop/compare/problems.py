@@ -67,6 +67,10 @@ class Problem:
             learned; "epochs to target" is the first epoch whose loss is at
             or below it.
         epochs: Default epoch budget (full-batch steps).
+        mini_batch_epochs: Epoch budget of the mini-batch optimizers, for
+            problems where a pass over the training set is many steps and
+            `epochs` passes would take far longer than every other run;
+            `None` gives them `epochs` too.
         task: One of `"binary"` (test accuracy over all output bits),
             `"multiclass"` (test accuracy of the arg-max) and `"regression"`
             (test root mean squared error in the target's units).
@@ -83,6 +87,7 @@ class Problem:
     epochs: int
     task: str
     from_logits: bool = False
+    mini_batch_epochs: int | None = None
 
     @property
     def loss_label(self):
@@ -106,6 +111,16 @@ class Problem:
     @property
     def higher_is_better(self):
         return self.task != REGRESSION
+
+    def epoch_budget(self, mini_batch=False):
+        """The default budget: `epochs`, or `mini_batch_epochs` if set.
+
+        Args:
+            mini_batch: Whether the optimizer trains on mini-batches.
+        """
+        if mini_batch and self.mini_batch_epochs is not None:
+            return self.mini_batch_epochs
+        return self.epochs
 
     def output_units(self, data):
         if self.task == MULTICLASS:
@@ -223,6 +238,32 @@ def two_spirals_data(points_per_spiral=97):
     return Dataset(x_train, y_train, x_test, y_test)
 
 
+def sinc_data(points=2000):
+    """The curve `sinc(10 x) = sin(10 pi x) / (10 pi x)` on `[-1, 1]`.
+
+    The training inputs are `points` evenly spaced values from -1 to 1; the
+    test inputs lie halfway between them. The targets are exact: a smooth
+    least-squares fit with nothing to generalize but the curve itself.
+    """
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise ValueError(
+            "Argument `points` must be an integer of at least 2. "
+            f"Received: points={points!r}"
+        )
+    x_train = np.linspace(-1.0, 1.0, points)
+    x_test = (x_train[:-1] + x_train[1:]) / 2.0
+
+    def column(values):
+        return values[:, None].astype("float32")
+
+    return Dataset(
+        column(x_train),
+        column(np.sinc(10.0 * x_train)),
+        column(x_test),
+        column(np.sinc(10.0 * x_test)),
+    )
+
+
 def sklearn_data(loader, task, test_fraction=0.3):
     """A data set bundled with scikit-learn, split 70/30 and standardized.
 
@@ -281,6 +322,14 @@ def register(problem):
         raise ValueError(
             f"Argument `task` must be one of {TASKS}. "
             f"Received: task={problem.task!r}"
+        )
+    budget = problem.mini_batch_epochs
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise ValueError(
+            "Argument `mini_batch_epochs` must be a positive integer or "
+            f"None. Received: mini_batch_epochs={budget!r}"
         )
     PROBLEMS[problem.name] = problem
     return problem
@@ -413,6 +462,27 @@ register(
     )
 )
 
+register(
+    Problem(
+        name="sinc",
+        summary="Curve fit: sinc(10x) = sin(10 pi x) / (10 pi x) on 1000 "
+        "evenly spaced points of [-1, 1], 1-20-1 tanh network (61 weights); "
+        "test on the points halfway between",
+        load=lambda: sinc_data(1000),
+        hidden=(20,),
+        activation="tanh",
+        output_activation="linear",
+        loss="MeanSquaredError",
+        # An RMS error of 0.01 on a curve whose peak is 1.
+        target_loss=1e-4,
+        epochs=1000,
+        # 32 steps per pass: 1000 passes would be the longest run of all.
+        mini_batch_epochs=100,
+        task=REGRESSION,
+    )
+)
+
 # The problems that run when none is named: a classic benchmark, a real
-# classification and a real regression, where Levenberg-Marquardt applies.
-DEFAULT_PROBLEMS = ("encoder", "breast-cancer", "diabetes")
+# classification, a real regression and a smooth curve fit, the last two
+# where Levenberg-Marquardt applies.
+DEFAULT_PROBLEMS = ("encoder", "breast-cancer", "diabetes", "sinc")

@@ -174,10 +174,10 @@ def format_report(results, header=""):
         seeds = len(
             {r.seed for r in results if r.problem == name and not r.skipped}
         )
-        epochs = next(r.epochs for r in results if r.problem == name)
         parts.append(
             f"## {name}\n\n{problem.summary}. Loss {problem.loss_label}, "
-            f"{epochs} epochs, {seeds} seed{'s' if seeds != 1 else ''}.\n\n"
+            f"{_budgets(results, name)}, "
+            f"{seeds} seed{'s' if seeds != 1 else ''}.\n\n"
             + format_table(
                 problem, [row for row in rows if row["problem"] == name]
             )
@@ -187,6 +187,22 @@ def format_report(results, header=""):
     if notes:
         parts.append("\n".join(notes))
     return "\n\n".join(parts) + "\n"
+
+
+def _budgets(results, name):
+    """`"1000 epochs"`, or `"1000 epochs (adam-mb32: 100)"` if they differ."""
+    budgets = {}
+    for result in results:
+        if result.problem == name:
+            budgets.setdefault(result.epochs, []).append(result.optimizer)
+    common = max(budgets, key=lambda epochs: len(budgets[epochs]))
+    others = [
+        f"{', '.join(dict.fromkeys(names))}: {epochs}"
+        for epochs, names in budgets.items()
+        if epochs != common
+    ]
+    text = f"{common} epochs"
+    return f"{text} ({'; '.join(others)})" if others else text
 
 
 RUN_FIELDS = (
@@ -266,6 +282,42 @@ def write_json(results, path, metadata=None):
     with open(path, "w") as file:
         json.dump(_jsonable(document), file, indent=1, allow_nan=False)
         file.write("\n")
+
+
+def read_json(path):
+    """The runs of a `results.json` written by `write_json`.
+
+    Lets a saved comparison be tabulated or plotted again (for instance
+    against another x axis) without training anything.
+
+    Args:
+        path: The file.
+
+    Returns:
+        A list of `runner.RunResult`, in the file's order. The problems
+        must be registered under the file's names to be tabulated or
+        plotted.
+    """
+    from keras_rprop.compare.runner import RunResult
+
+    with open(path) as file:
+        document = json.load(file)
+    results = []
+    for run in document["runs"]:
+        fields = {field: _from_json(run[field]) for field in RUN_FIELDS}
+        for curve in CURVE_FIELDS:
+            fields[curve] = np.asarray(
+                [_from_json(value) for value in run[curve]], "float64"
+            )
+        results.append(RunResult(**fields))
+    return results
+
+
+def _from_json(value):
+    """Undoes `_jsonable` for the numbers it wrote as strings."""
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
 
 
 def _jsonable(value):

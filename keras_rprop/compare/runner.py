@@ -266,7 +266,8 @@ def run_seeds(problem, spec, seeds, epochs=None, data=None):
         spec: An `OptimizerSpec` or its name (`"name:rate"` allowed).
         seeds: List of integer seeds of the initial weights (and of the
             shuffling of mini-batches).
-        epochs: Epoch budget; defaults to the problem's.
+        epochs: Epoch budget; defaults to the problem's
+            (`Problem.epoch_budget`).
         data: The problem's data, if already loaded.
 
     Yields:
@@ -277,7 +278,8 @@ def run_seeds(problem, spec, seeds, epochs=None, data=None):
         problem = problems_lib.get_problem(problem)
     spec = get_optimizer(spec)
     data = data if data is not None else problem.load()
-    epochs = problem.epochs if epochs is None else epochs
+    if epochs is None:
+        epochs = problem.epoch_budget(mini_batch=spec.batch_size is not None)
     skipped = spec.skip_reason(problem, data)
     if skipped:
         yield _result(
@@ -386,7 +388,8 @@ def run_comparison(
         optimizers: Optimizer names, optionally `"name:learning_rate"`;
             defaults to all of `OPTIMIZERS`.
         seeds: Number of seeds (0, 1, ...) or a list of seeds.
-        epochs: Epoch budget for every problem; defaults to each problem's.
+        epochs: Epoch budget for every problem and optimizer; defaults to
+            each problem's (`Problem.epoch_budget`).
         log: Function called with one line of progress per run, or `None`.
 
     Returns:
