@@ -279,3 +279,99 @@ def test_hyperparameters_changed_between_calls_take_effect(
     helpers.assert_weights_close(
         helpers.weights_of(model.trainable_variables), expected
     )
+
+
+class Chunks(keras.utils.PyDataset):
+    """The training data in chunks, for `fit`'s own loop over batches."""
+
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, i):
+        part = slice(i * self.size, (i + 1) * self.size)
+        return self.x[part], self.y[part]
+
+
+def test_chunked_arrays_in_the_compiled_loop_match_fit_over_chunks():
+    # The oracle: `fit` over a PyDataset of the same chunks, each adding its
+    # gradient sums, one step per pass.
+    x, y, validation = noisy_data()
+
+    def callbacks():
+        return [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=3, restore_best_weights=True
+            )
+        ]
+
+    expected = make_model()
+    expected_history = keras_rprop.fit_full_batch(
+        expected,
+        Chunks(x, y, 10),
+        epochs=100,
+        verbose=0,
+        validation_data=validation,
+        validation_batch_size=10,
+        callbacks=callbacks(),
+    )
+    model = make_model()
+    history = keras_rprop.fit_full_batch(
+        model,
+        x,
+        y,
+        chunk_size=10,
+        epochs=100,
+        verbose=0,
+        validation_data=validation,
+        callbacks=callbacks(),
+    )
+    assert len(history.epoch) < 100
+    assert history.epoch == expected_history.epoch
+    for got, want in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for key, values in expected_history.history.items():
+        np.testing.assert_allclose(
+            history.history[key], values, rtol=1e-5, err_msg=key
+        )
+
+
+def _programs(model):
+    return [r.program for r in model.__dict__["_keras_rprop_engines"].values()]
+
+
+def test_fresh_models_of_one_structure_reuse_compiled_code_exactly():
+    x, y, validation = noisy_data()
+    programs = []
+    configurations = [
+        (1, {}),
+        (2, {}),
+        (2, {"eta_plus": 1.5}),
+    ]
+    for seed, optimizer_kwargs in configurations:
+        models = []
+        for _ in range(2):
+            model = make_model(seed)
+            model.compile(
+                optimizer=keras_rprop.Rprop("irprop+", **optimizer_kwargs),
+                loss="mse",
+                metrics=["mae"],
+            )
+            models.append(model)
+        expected, model = models
+        expected_history = keras_fit(
+            expected, x, y, epochs=30, validation_data=validation
+        )
+        history = keras_rprop.fit_full_batch(
+            model, x, y, epochs=30, verbose=0, validation_data=validation
+        )
+        assert_same_training(model, history, expected, expected_history)
+        if keras.backend.backend() == "jax":
+            programs.append(_programs(model)[0])
+    if programs:
+        # Seeds share one program; another configuration gets its own.
+        assert programs[0] is programs[1]
+        assert programs[2] is not programs[1]

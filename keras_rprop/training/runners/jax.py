@@ -1,9 +1,24 @@
-"""The engine's epochs on JAX: one `jax.jit` function over many epochs."""
+"""The engine's epochs on JAX: one `jax.jit` function over many epochs.
 
+The compiled function is stateless: it takes the values of the model's
+variables and returns new ones. Models of the same structure (the same
+Keras layers and configuration, compiled with the same loss, metrics and
+optimizer configuration) therefore share one compiled function, so that
+training several fresh models (seeds, restarts) compiles once.
+"""
+
+import collections
+import json
+
+import keras
 import numpy as np
 
 from keras_rprop.training import train_steps
 from keras_rprop.training.runners import common
+
+# Compiled functions by model structure, the most recently used last.
+_PROGRAMS = collections.OrderedDict()
+_MAX_PROGRAMS = 8
 
 
 class JaxRunner:
@@ -12,12 +27,149 @@ class JaxRunner:
     validates = True
 
     def __init__(self, model, steps):
+        self.model = model
+        self.data = None
+        key = _structure(model, steps)
+        program = _PROGRAMS.get(key) if key is not None else None
+        if program is None:
+            program = _Program(model, steps)
+            if key is not None:
+                _PROGRAMS[key] = program
+                while len(_PROGRAMS) > _MAX_PROGRAMS:
+                    _PROGRAMS.popitem(last=False)
+        else:
+            _PROGRAMS.move_to_end(key)
+        self.program = program
+        self.keys = program.keys
+
+    def run(
+        self,
+        epochs,
+        goal=None,
+        stop_on_nan=False,
+        snapshots=False,
+        validation=None,
+        validate=None,
+    ):
+        model = self.model
+        program = self.program
+        groups = _state_groups(model)
+        model.reset_metrics()
+        state = tuple([v.value for v in group] for group in groups)
+        batches = common.in_loop_batches(validation)
+        # The arrays of the logs have a static size: one size per power of
+        # two of epochs, never shrinking for a given kind of call, so that
+        # calls with fewer epochs (a chunk run again) reuse the program.
+        kind = (bool(batches), stop_on_nan, snapshots)
+        size = max(
+            common.capacity(epochs, validate), program.sizes.get(kind, 1)
+        )
+        program.sizes[kind] = size
+        count, state, train, val, saved = program.function(
+            state,
+            self.data,
+            batches,
+            common.mask(validate, size),
+            epochs,
+            -np.inf if goal is None else goal,
+            size=size,
+            stop_on_nan=stop_on_nan,
+            snapshots=snapshots,
+        )
+        for group, new_values in zip(groups, state):
+            for variable, value in zip(group, new_values):
+                variable.assign(value)
+        count = int(count)
+        return common.Result(
+            common.epoch_logs(self.keys, train, val, validate, count),
+            common.snapshots_by_epoch(saved, count) if snapshots else None,
+        )
+
+
+def _structure(model, steps):
+    """What a compiled function of `model` depends on, or `None`.
+
+    Only models made of Keras's own layers are shared: their computation is
+    what their configuration says. Names are replaced by their order, so
+    that two fresh models of one structure compare equal.
+    """
+    layers = list(_layers(model))
+    if not all(
+        type(layer).__module__.startswith("keras.")
+        for layer in [model, *layers]
+    ):
+        return None
+    try:
+        architecture = _nameless(json.loads(model.to_json()))
+        compiled = json.dumps(
+            model.get_compile_config(), sort_keys=True, default=repr
+        )
+    except Exception:  # Not serializable: not shared.
+        return None
+    shapes = tuple(
+        (tuple(v.shape), str(v.dtype))
+        for group in _state_groups(model)
+        for v in group
+    )
+    return (
+        json.dumps(architecture, sort_keys=True),
+        compiled,
+        shapes,
+        steps,
+        model.jit_compile,
+        keras.backend.floatx(),
+    )
+
+
+def _nameless(config):
+    """`config` with every name replaced by its order of appearance.
+
+    Names (of the model, its layers and their inputs) also stand in the
+    references between layers, so all their occurrences are replaced.
+    """
+    names = {}
+
+    def collect(value):
+        if isinstance(value, dict):
+            name = value.get("name")
+            if isinstance(name, str):
+                names.setdefault(name, f"#{len(names)}")
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    def replace(value):
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        if isinstance(value, str):
+            return names.get(value, value)
+        return value
+
+    collect(config)
+    return replace(config)
+
+
+def _layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _layers(layer)
+
+
+class _Program:
+    """The compiled epochs of one model structure."""
+
+    def __init__(self, model, steps):
         import jax
 
+        # The model the function is traced with; other models of the same
+        # structure pass their variables' values.
         self.model = model
         self.steps = steps
         self.keys = common.log_keys(model)
-        self.data = None
         self.sizes = {}
         self.function = jax.jit(
             self._epochs,
@@ -104,46 +256,6 @@ class JaxRunner:
             ),
         )
         return count, state, train, val, saved
-
-    def run(
-        self,
-        epochs,
-        goal=None,
-        stop_on_nan=False,
-        snapshots=False,
-        validation=None,
-        validate=None,
-    ):
-        model = self.model
-        groups = _state_groups(model)
-        model.reset_metrics()
-        state = tuple([v.value for v in group] for group in groups)
-        batches = common.in_loop_batches(validation)
-        # The arrays of the logs have a static size: one size per power of
-        # two of epochs, never shrinking for a given kind of call, so that
-        # calls with fewer epochs (a chunk run again) reuse the program.
-        kind = (bool(batches), stop_on_nan, snapshots)
-        size = max(common.capacity(epochs, validate), self.sizes.get(kind, 1))
-        self.sizes[kind] = size
-        count, state, train, val, saved = self.function(
-            state,
-            self.data,
-            batches,
-            common.mask(validate, size),
-            epochs,
-            -np.inf if goal is None else goal,
-            size=size,
-            stop_on_nan=stop_on_nan,
-            snapshots=snapshots,
-        )
-        for group, new_values in zip(groups, state):
-            for variable, value in zip(group, new_values):
-                variable.assign(value)
-        count = int(count)
-        return common.Result(
-            common.epoch_logs(self.keys, train, val, validate, count),
-            common.snapshots_by_epoch(saved, count) if snapshots else None,
-        )
 
 
 def _state_groups(model):
