@@ -2,16 +2,14 @@
 
 `keras-rprop compare` trains the Rprop variants, Keras's Adam and SGD and
 SciPy's L-BFGS and Levenberg-Marquardt on benchmark problems and reports how
-they do; see `docs/compare.md`. The options are parsed by
-`keras_rprop_cli.parser`, which the command's entry point reads without
-importing this package.
+they do; see `docs/compare.md`. The command's entry point,
+`keras_rprop_cli.main`, parses the options (`keras_rprop_cli.parser`)
+before it imports this package, then calls `run`.
 """
 
 import os
 import subprocess
 import sys
-
-from keras_rprop_cli.parser import build_parser
 
 
 def main(argv=None):
@@ -23,13 +21,22 @@ def main(argv=None):
     Returns:
         The exit status: 0 on success.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    import keras_rprop_cli
 
+    return keras_rprop_cli.main(argv)
+
+
+def run(parser, args, argv):
+    """Runs the command that `args` names.
+
+    Args:
+        parser: The parser that read `args`, for reporting errors.
+        args: The parsed arguments, with a command.
+        argv: The arguments after the program name, as given.
+
+    Returns:
+        The exit status: 0 on success.
+    """
     import keras
 
     if args.backend and args.backend != keras.backend.backend():

@@ -22,7 +22,7 @@ from keras_rprop_cli.parser import build_parser
 
 
 def main(argv=None):
-    """Runs `keras-rprop`; see `keras_rprop.cli.main`.
+    """Runs `keras-rprop` with `argv`.
 
     Args:
         argv: The arguments after the program name; defaults to
@@ -45,7 +45,7 @@ def main(argv=None):
     with _quiet_standard_error():
         from keras_rprop import cli
 
-    return cli.main(argv)
+    return cli.run(parser, args, argv)
 
 
 @contextlib.contextmanager
