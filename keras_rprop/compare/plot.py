@@ -17,8 +17,10 @@ DEFAULT_BANDS = ("irprop-", "lbfgs", "lm")
 # Points per curve on the x axes that are not integers.
 _GRID_POINTS = 400
 
-# Inches below the panels for the legend.
-_LEGEND_HEIGHT = 0.4
+# Inches: the narrowest figure (room for the title and legend), and the
+# height below the panels per row of the legend.
+_MIN_WIDTH = 9.0
+_LEGEND_ROW = 0.3
 
 # Below this, a loss is float32 round-off; zeros go there on the log axis.
 FLOOR = 1e-12
@@ -168,7 +170,7 @@ def loss_curves_figure(
     rows_per_axis = max(1, math.ceil(len(names) / columns))
     rows = rows_per_axis * len(axes_names)
     figure = Figure(
-        figsize=(4.6 * columns, 3.7 * rows + _LEGEND_HEIGHT), dpi=dpi
+        figsize=(max(4.6 * columns, _MIN_WIDTH), 3.7 * rows + 0.8), dpi=dpi
     )
     FigureCanvasAgg(figure)
     styles = _styles(optimizers)
@@ -192,11 +194,14 @@ def loss_curves_figure(
         for handle, label in zip(*axes.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = [o for o in optimizers if o in handles]
+    legend_columns = max(1, min(len(labels), int(figure.get_figwidth() / 1.4)))
+    legend_rows = math.ceil(len(labels) / legend_columns)
+    figure.set_figheight(3.7 * rows + _LEGEND_ROW * (legend_rows + 1))
     figure.legend(
         [handles[label] for label in labels],
         labels,
         loc="lower center",
-        ncol=min(len(labels), 9) or 1,
+        ncol=legend_columns,
         fontsize="small",
         frameon=False,
         handlelength=3.5,
@@ -217,7 +222,8 @@ def loss_curves_figure(
             "stopped)"
         )
     figure.suptitle(title, fontsize="medium")
-    figure.tight_layout(rect=(0, _LEGEND_HEIGHT / figure.get_figheight(), 1, 1))
+    bottom = _LEGEND_ROW * (legend_rows + 0.5) / figure.get_figheight()
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     return figure
 
 

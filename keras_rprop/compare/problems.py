@@ -477,7 +477,7 @@ register(
         target_loss=1e-4,
         epochs=1000,
         # 32 steps per pass: 1000 passes would be the longest run of all.
-        mini_batch_epochs=100,
+        mini_batch_epochs=50,
         task=REGRESSION,
     )
 )

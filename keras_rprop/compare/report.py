@@ -119,7 +119,8 @@ def format_table(problem, rows):
         f"{problem.metric_name}, median (min-max)",
         "time (s), median",
     ]
-    metric_format = ".1f" if problem.task == problems_lib.REGRESSION else ".3f"
+    # Errors in the target's units, of any size: significant digits.
+    metric_format = ".3g" if problem.task == problems_lib.REGRESSION else ".3f"
     body, notes = [], []
     for row in rows:
         if row["skipped"]:
