@@ -102,10 +102,12 @@ class RpropBookkeeping:
         """The optimizer's `rule.RpropConfig`.
 
         Setting it (or one of its fields, as `optimizer.eta_plus = 2.0`)
-        takes effect from the next step on every path, compiled or not,
-        with two exceptions that raise instead: `initial_step` once the
-        optimizer is built (the step sizes exist), and `variant` once the
-        update was compiled (a compiled update is made for one variant).
+        takes effect from the next step on every path, compiled or not;
+        new bounds apply, as in the papers, when a step size next grows or
+        shrinks. Two changes raise instead: `initial_step` once the
+        optimizer is built (the step sizes exist; new bounds only clip it),
+        and `variant` once the update was compiled (a compiled update is
+        made for one variant).
         """
         return self._rprop_config
 
@@ -117,7 +119,11 @@ class RpropBookkeeping:
                 "Argument `config` must be a `keras_rprop.RpropConfig`. "
                 f"Received: config={config!r}"
             )
-        if config.initial_step != old.initial_step and self._is_built():
+        if (
+            self._is_built()
+            and config.initial_step != old.initial_step
+            and config.initial_step != _clipped_initial_step(old, config)
+        ):
             raise ValueError(
                 "Argument `initial_step` sets the step sizes when the "
                 "optimizer is built, and it is built already, so a new "
@@ -136,8 +142,6 @@ class RpropBookkeeping:
             )
         self._rprop_config = config
         self._rule_parameters.assign(self._rule_parameter_values())
-        if (config.min_step, config.max_step) != (old.min_step, old.max_step):
-            self._clip_steps()
 
     def _rule_parameter_values(self):
         return np.array(
@@ -247,9 +251,8 @@ class RpropBookkeeping:
     def _clip_steps(self):
         """Clips the step sizes to `[min_step, max_step]`.
 
-        A state saved with other bounds, or bounds changed since, can leave
-        step sizes outside them; the rule only clips a step size when it
-        grows or shrinks.
+        A state saved with other bounds can hold step sizes outside them;
+        the rule only clips a step size when it grows or shrinks.
         """
         validation.clip_step_sizes(
             getattr(self, "_steps", ()), self.config, self.ops.clip
@@ -329,11 +332,33 @@ class RpropBookkeeping:
         )
 
 
+def _clipped_initial_step(old, new):
+    """`old.initial_step` clipped to the bounds of `new`.
+
+    Once the optimizer is built, `initial_step` is past use; new bounds
+    that exclude it clip it, as they clip the step sizes.
+    """
+    if rule.is_initializer(old.initial_step):
+        return old.initial_step
+    return min(max(old.initial_step, new.min_step), new.max_step)
+
+
 def _field_property(name):
     def set_field(self, value):
+        changes = {name: value}
         if name == "initial_step":
-            value = self._initial_step_argument(value)
-        self.config = dataclasses.replace(self.config, **{name: value})
+            changes[name] = self._initial_step_argument(value)
+        elif name in ("min_step", "max_step") and self._is_built():
+            initial_step = self.config.initial_step
+            if not rule.is_initializer(initial_step):
+                low = rule.check_real("min_step", self.config.min_step)
+                high = rule.check_real("max_step", self.config.max_step)
+                if name == "min_step":
+                    low = rule.check_real(name, value)
+                else:
+                    high = rule.check_real(name, value)
+                changes["initial_step"] = min(max(initial_step, low), high)
+        self.config = dataclasses.replace(self.config, **changes)
 
     return property(
         lambda self: getattr(self.config, name),

@@ -21,7 +21,8 @@ class ReferenceRprop:
     Args:
         variant: One of `VARIANTS`.
         shapes: Shapes of the parameter arrays.
-        initial_step: Delta_0.
+        initial_step: Delta_0: a number, or one array per parameter array
+            (per-weight initial step sizes).
         eta_minus: Step decrease factor.
         eta_plus: Step increase factor.
         min_step: Delta_min.
@@ -45,7 +46,12 @@ class ReferenceRprop:
         self.eta_plus = eta_plus
         self.min_step = min_step
         self.max_step = max_step
-        self.delta = [np.full(s, initial_step, np.float64) for s in shapes]
+        if not isinstance(initial_step, (list, tuple)):
+            initial_step = [np.full(s, initial_step) for s in shapes]
+        self.delta = [
+            np.array(d, np.float64).reshape(s)
+            for d, s in zip(initial_step, shapes, strict=True)
+        ]
         self.previous_gradient = [np.zeros(s, np.float64) for s in shapes]
         self.previous_change = [np.zeros(s, np.float64) for s in shapes]
         # E(t-1): +inf before the first step.

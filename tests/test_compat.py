@@ -71,7 +71,7 @@ def test_apply_count():
     variable = keras.Variable([1.0])
     optimizer = keras.optimizers.SGD(gradient_accumulation_steps=3)
     for _ in range(4):
-        optimizer.apply([np.array([1.0])], [variable])
+        optimizer.apply([keras.ops.convert_to_tensor([1.0])], [variable])
     assert int(keras.ops.convert_to_numpy(compat.apply_count(optimizer))) == 4
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 1
 
@@ -378,3 +378,34 @@ def test_torch_record_internals():
     with compat.torch_record_without_fake_values():
         assert proxy_tensor.set_meta is not original
     assert proxy_tensor.set_meta is original
+
+
+# -- The package's own structure ----------------------------------------------
+
+
+def test_the_optimizer_imports_no_training_code():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, keras_rprop.optimizers.rprop\n"
+        "loaded = [m for m in sys.modules if m.startswith('keras_rprop.')]\n"
+        "print(' '.join(loaded))\n"
+        "assert not any(m.startswith('keras_rprop.training') for m in loaded)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "keras_rprop.optimizers.rprop" in result.stdout

@@ -778,3 +778,152 @@ def test_multi_tensor_plan_follows_the_variables_applied(
         )
     for fast, reference in zip(*results):
         np.testing.assert_array_equal(fast, reference)
+
+
+# -- Hyper-parameters changed between steps -----------------------------------
+
+CHANGES = {
+    "eta_plus": 2.0,
+    "eta_minus": 0.25,
+    "min_step": 1e-3,
+    "max_step": 0.3,
+}
+MODEL_SHAPES = [(64, 40), (40,)]
+
+
+def _replayed_apply(model, kernel_gradient, bias_gradient, sample_weight):
+    model.optimizer.apply(
+        [kernel_gradient, bias_gradient], model.trainable_variables
+    )
+
+
+def _stepper(model, mode):
+    """A function applying one list of gradients as `mode` runs updates.
+
+    `"eager"` calls `apply`; `"compiled"` runs it as the backend compiles a
+    training step: a `tf.function`, a jitted `stateless_apply`, or on
+    PyTorch a replayed record (`torch_replay`, made anew by each call of
+    this function, as each `fit_full_batch` call makes it); `"xla"` is a
+    `tf.function(jit_compile=True)`.
+    """
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    if mode == "eager":
+        return lambda grads: optimizer.apply(
+            [keras.ops.convert_to_tensor(g) for g in grads], variables
+        )
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=mode == "xla")
+        def apply(grads):
+            optimizer.apply(grads, variables)
+
+        return lambda grads: apply([tf.constant(g) for g in grads])
+    if BACKEND == "jax":
+        import jax
+
+        apply = jax.jit(optimizer.stateless_apply)
+
+        def step(grads):
+            # As Keras's trainer does at its sync points: the state is read
+            # from the variables, and written back after the step.
+            params, state = apply(
+                [v.value for v in optimizer.variables],
+                [jax.numpy.asarray(g) for g in grads],
+                [v.value for v in variables],
+            )
+            for variable, value in zip(variables, params):
+                variable.assign(value)
+            for variable, value in zip(optimizer.variables, state):
+                variable.assign(value)
+
+        return step
+    import torch
+
+    from keras_rprop.training import torch_replay
+
+    data = tuple(torch.zeros(shape) for shape in MODEL_SHAPES) + (None,)
+    run = torch_replay.stepper(model, _replayed_apply, data)
+
+    def replay(grads):
+        for tensor, grad in zip(data, grads):
+            tensor.copy_(torch.from_numpy(grad))
+        run()
+
+    return replay
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("mode", ["eager", "compiled", "xla"])
+@pytest.mark.parametrize("variant", ["rprop+", "irprop-"])
+def test_changed_hyperparameters_take_effect(variant, mode, fused, request):
+    """`optimizer.eta_plus = 2.0` after some steps, on every path.
+
+    The eager paths read the configuration at every step; compiled ones
+    read it from a variable, and PyTorch's records are made again for a
+    new configuration. A lowered `max_step` bounds the step sizes as they
+    grow. The float64 reference changes its values at the same step.
+    """
+    if mode == "xla" and BACKEND != "tensorflow":
+        pytest.skip("only TensorFlow compiles a step with or without XLA")
+    runs = (
+        request.getfixturevalue("kernel_runs")
+        if BACKEND == "torch" and fused
+        else None
+    )
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(40)])
+    weights = _initial_weights(MODEL_SHAPES)
+    model.set_weights(weights)
+    optimizer = keras_rprop.Rprop(
+        variant, learning_rate=LEARNING_RATE, fused=fused
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    optimizer.build(model.trainable_variables)
+    gradients = _gradient_sequence(MODEL_SHAPES, 8, seed=4)
+    reference = ReferenceRprop(variant, MODEL_SHAPES)
+    expected = [w.astype("float64") for w in weights]
+    step = _stepper(model, mode)
+    for i, grads in enumerate(gradients):
+        if i == 4:
+            for name, value in CHANGES.items():
+                setattr(optimizer, name, value)
+                setattr(reference, name, value)
+            if BACKEND == "torch" and mode == "compiled":
+                step = _stepper(model, mode)
+        step(grads)
+        expected = reference.step(expected, grads, learning_rate=LEARNING_RATE)
+    if runs is not None and mode == "eager":
+        # A record runs the eager update, which it can replay.
+        assert runs and all(runs)
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(optimizer._steps, reference.delta):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), want, rtol=1e-5
+        )
+    assert max(float(np.max(d)) for d in reference.delta) == 0.3
+
+
+def test_changes_that_would_go_unused_are_refused():
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(40)])
+    optimizer = keras_rprop.Rprop("rprop+")
+    model.compile(optimizer=optimizer, loss="mse")
+    optimizer.initial_step = 0.05
+    optimizer.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="initial_step.*built already"):
+        optimizer.initial_step = 0.2
+    assert optimizer.initial_step == 0.05
+    step = _stepper(model, "eager" if BACKEND == "torch" else "compiled")
+    gradients = _gradient_sequence(MODEL_SHAPES, 2, seed=4)
+    step(gradients[0])
+    if BACKEND == "torch":
+        # Nothing of PyTorch's update is compiled for one variant.
+        optimizer.variant = "irprop-"
+        step(gradients[1])
+        return
+    with pytest.raises(ValueError, match="variant.*compiled.*'rprop\\+'"):
+        optimizer.variant = "irprop-"
+    assert optimizer.variant == "rprop+"
+    optimizer.eta_plus = 1.5
+    step(gradients[1])

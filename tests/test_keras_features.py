@@ -8,6 +8,7 @@ agrees with float32 in sign terms.
 """
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -468,3 +469,81 @@ def test_sparse_bcoo_gradient_equals_dense(variant):
         results.append(ops.convert_to_numpy(variable))
     np.testing.assert_array_equal(results[0], results[1])
     assert not np.array_equal(results[0], start)
+
+
+# -- Per-weight initial step sizes -----------------------------------------
+
+
+def _initial_steps(optimizer):
+    return [
+        np.array(ops.convert_to_numpy(s), np.float64) for s in optimizer._steps
+    ]
+
+
+@pytest.mark.parametrize("variant", keras_rprop.VARIANTS)
+def test_initializer_initial_steps_match_reference(float64, variant):
+    # PROBEN1's rule: every weight starts from its own step size, drawn
+    # uniformly from [0.005, 0.02].
+    x, y, params = _data_and_params()
+    optimizer = keras_rprop.Rprop(
+        variant,
+        initial_step=keras.initializers.RandomUniform(0.005, 0.02, seed=3),
+    )
+    model = build_mlp(params)
+    optimizer.build(model.trainable_variables)
+    initial = _initial_steps(optimizer)
+    values = np.concatenate([s.ravel() for s in initial])
+    assert values.min() >= 0.005 and values.max() <= 0.02
+    assert all(len(np.unique(s)) == s.size for s in initial)
+    expected, _, _ = train_reference(
+        variant, params, x, y, 20, initial_step=initial
+    )
+    history, _ = full_batch_steps(model, optimizer, x, y, 20)
+    _assert_history(history, expected, variant)
+    uniform, _, _ = train_reference(variant, params, x, y, 20)
+    assert _differs(expected[-1], uniform[-1])
+
+
+def test_initializer_by_name_and_config():
+    variables = [keras.Variable(np.zeros((50, 4))), keras.Variable([0.0])]
+    config = {
+        "class_name": "RandomUniform",
+        "config": {"minval": 0.01, "maxval": 0.03, "seed": 1},
+    }
+    optimizer = keras_rprop.Rprop(initial_step=config)
+    assert isinstance(optimizer.initial_step, keras.initializers.RandomUniform)
+    optimizer.build(variables)
+    values = np.concatenate([s.ravel() for s in _initial_steps(optimizer)])
+    assert 0.01 <= values.min() and values.max() <= 0.03
+    optimizer = keras_rprop.Rprop(initial_step="ones")
+    optimizer.build(variables)
+    assert all(np.all(s == 1.0) for s in _initial_steps(optimizer))
+
+
+@pytest.mark.parametrize(
+    "initializer, received",
+    [
+        ("random_uniform", r"values in \[-0\.0\d+, 0\.0\d+\]"),
+        ("zeros", "initial_step=0.0"),
+        (keras.initializers.Constant(100.0), "initial_step=100.0"),
+        (keras.initializers.Constant(float("nan")), "nan"),
+    ],
+)
+def test_initializer_values_outside_the_bounds_are_refused(
+    initializer, received
+):
+    optimizer = keras_rprop.Rprop(initial_step=initializer)
+    variable = keras.Variable(np.zeros((20, 3)), name="kernel")
+    with pytest.raises(ValueError) as error:
+        optimizer.build([variable])
+    message = str(error.value)
+    assert "Argument `initial_step` must be > 0 and within" in message
+    assert re.search(received, message), message
+    assert "'kernel'" in message
+
+
+def test_bad_initial_step_argument():
+    with pytest.raises(ValueError, match="initial_step.*initializer"):
+        keras_rprop.Rprop(initial_step="no_such_initializer")
+    with pytest.raises(ValueError, match="initial_step.*real number"):
+        keras_rprop.Rprop(initial_step=[0.1])

@@ -1,5 +1,7 @@
 """Config round trips, Keras (de)serialization and `.keras` save/load."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -184,4 +186,56 @@ def test_save_load_continue_irprop_plus_with_loss(tmp_path):
 
     history, _ = full_batch_steps(loaded, loaded.optimizer, x, y, 8)
     for got, want in zip(history[-1], reference_history[-1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_config_round_trip_with_initializer():
+    initializer = keras.initializers.RandomUniform(0.005, 0.02, seed=2)
+    optimizer = keras_rprop.Rprop("rprop+", initial_step=initializer)
+    config = optimizer.get_config()
+    assert json.loads(json.dumps(config)) == config
+    restored = keras_rprop.Rprop.from_config(config)
+    assert isinstance(restored.initial_step, keras.initializers.RandomUniform)
+    assert restored.initial_step.get_config() == initializer.get_config()
+    assert restored.get_config() == config
+    serialized = keras.optimizers.serialize(optimizer)
+    again = keras.optimizers.deserialize(serialized)
+    assert again.initial_step.get_config() == initializer.get_config()
+
+
+def test_save_load_with_initializer_and_changed_hyperparameters(tmp_path):
+    x, y = make_regression_data()
+    x, y = x.astype("float32"), y.astype("float32")
+    params = make_mlp_params()
+    fit = dict(batch_size=len(x), shuffle=False, verbose=0)
+
+    def make():
+        return keras_rprop.Rprop(
+            "rprop+",
+            initial_step=keras.initializers.RandomUniform(0.005, 0.02, seed=5),
+        )
+
+    uninterrupted = build_mlp(params)
+    uninterrupted.compile(optimizer=make(), loss="mse")
+    uninterrupted.fit(x, y, epochs=4, **fit)
+    uninterrupted.optimizer.eta_plus = 1.5
+    uninterrupted.fit(x, y, epochs=4, **fit)
+
+    model = build_mlp(params)
+    model.compile(optimizer=make(), loss="mse")
+    model.fit(x, y, epochs=4, **fit)
+    model.optimizer.eta_plus = 1.5
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.eta_plus == 1.5
+    assert isinstance(
+        loaded.optimizer.initial_step, keras.initializers.RandomUniform
+    )
+    for saved, restored in zip(model.optimizer._steps, loaded.optimizer._steps):
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(restored), ops.convert_to_numpy(saved)
+        )
+    loaded.fit(x, y, epochs=4, **fit)
+    for got, want in zip(loaded.get_weights(), uninterrupted.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

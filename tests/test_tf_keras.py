@@ -628,3 +628,89 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
                     run["loss_before_last_update"]
                     < 0.2 * results["initial_loss"]
                 )
+
+
+# -- Per-weight initial steps and changed hyper-parameters -------------------
+
+
+@pytest.mark.parametrize("variant", ["rprop+", "irprop+"])
+def test_initializer_initial_steps_match_reference(variant):
+    x, y = make_regression_data()
+    params = make_mlp_params()
+    model = _mlp(params)
+    optimizer = rprop_tf_keras.Rprop(
+        variant,
+        initial_step=tf_keras.initializers.RandomUniform(0.005, 0.02, seed=3),
+    )
+    optimizer.build(model.trainable_variables)
+    initial = [s.numpy() for s in optimizer._steps]
+    values = np.concatenate([s.ravel() for s in initial])
+    assert values.min() >= 0.005 and values.max() <= 0.02
+    assert all(len(np.unique(s)) == s.size for s in initial)
+    expected, _, _ = train_reference(
+        variant, params, x, y, 20, initial_step=initial
+    )
+    step = _train_step(model, optimizer)
+    for i in range(20):
+        step(x, y)
+        _assert_weights_close(
+            _weights(model), expected[i], f"{variant} step {i + 1}"
+        )
+
+
+def test_initializer_is_checked_and_serialized():
+    variable = tf.Variable(tf.zeros((10, 2)), name="kernel")
+    optimizer = rprop_tf_keras.Rprop(initial_step="random_uniform")
+    with pytest.raises(ValueError, match="initial_step.*'kernel"):
+        optimizer.build([variable])
+    config = {
+        "class_name": "RandomUniform",
+        "config": {"minval": 0.01, "maxval": 0.03, "seed": 1},
+    }
+    optimizer = rprop_tf_keras.Rprop(initial_step=config)
+    assert isinstance(
+        optimizer.initial_step, tf_keras.initializers.RandomUniform
+    )
+    saved = optimizer.get_config()
+    restored = rprop_tf_keras.Rprop.from_config(copy.deepcopy(saved))
+    assert restored.get_config() == saved
+    restored.build([variable])
+    values = restored._steps[0].numpy()
+    assert 0.01 <= values.min() and values.max() <= 0.03
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("how", ["eager", "tf.function", "fit"])
+def test_changed_hyperparameters_take_effect(how, jit_compile):
+    """`optimizer.eta_plus = 2.0` mid-training, compiled or not."""
+    x, y = make_regression_data()
+    params = make_mlp_params()
+    changes = {"eta_plus": 2.0, "eta_minus": 0.25, "max_step": 0.05}
+    reference = ReferenceRprop("rprop+", [p.shape for p in params])
+    expected = [np.array(p) for p in params]
+    model = _mlp(params)
+    optimizer = rprop_tf_keras.Rprop("rprop+", jit_compile=jit_compile)
+    if how == "fit":
+        model.compile(optimizer=optimizer, loss="mse")
+    step = _train_step(model, optimizer)
+    if how == "eager":
+        step = step.python_function
+    for i in range(10):
+        if i == 5:
+            for name, value in changes.items():
+                setattr(optimizer, name, value)
+                setattr(reference, name, value)
+        _, grads = mlp_loss_and_grads(expected, x, y)
+        expected = reference.step(expected, grads)
+        if how == "fit":
+            model.fit(x, y, batch_size=len(x), shuffle=False, verbose=0)
+        else:
+            step(x, y)
+        _assert_weights_close(_weights(model), expected, f"step {i + 1}")
+    assert max(float(d.max()) for d in reference.delta) == 0.05
+    if how == "eager":
+        # Nothing was compiled for one variant.
+        optimizer.variant = "irprop-"
+        return
+    with pytest.raises(ValueError, match="variant.*compiled"):
+        optimizer.variant = "irprop-"
