@@ -77,10 +77,12 @@ class EpochProgress(keras.callbacks.Callback):
         self.epochs = epochs
         self.verbose = verbose
         self._bar = None
+        self._shown = 0
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
         self._bar = None
+        self._shown = 0
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -102,9 +104,10 @@ class EpochProgress(keras.callbacks.Callback):
                 stateful_metrics=list(logs),
             )
         self._bar.update(epoch + 1, list(logs.items()))
+        self._shown = epoch + 1
 
     def on_train_end(self, logs=None):
-        if self._bar is not None and self._bar._seen_so_far < self.epochs:
+        if self._bar is not None and self._shown < self.epochs:
             # Training stopped early: end the bar's line.
             print(flush=True)
 
