@@ -34,6 +34,9 @@ import math
 import keras
 import numpy as np
 
+from keras_rprop import compat
+from keras_rprop.training.data_checks import check_fit_data
+
 # Words in the errors that the collectives of the three backends raise when
 # another process is gone (gloo, XLA's coordination service, TensorFlow's
 # collective ops).
@@ -73,7 +76,7 @@ def process_count(model=None):
     strategy = tf_multi_worker_strategy(model)
     if strategy is None:
         return 1
-    return strategy.extended._num_workers
+    return compat.tf_num_workers(strategy)
 
 
 def process_index(model=None):
@@ -350,6 +353,14 @@ def across_processes(fit):
                     "`validation_data` instead. Received: "
                     f"validation_split={kwargs['validation_split']!r}"
                 )
+            # Before the padding, which would hide a length mismatch.
+            check_fit_data(
+                x,
+                y,
+                kwargs.get("sample_weight"),
+                kwargs.get("validation_data"),
+                check_finite=kwargs.get("check_finite", True),
+            )
             x, y, kwargs["sample_weight"] = pad_shard(
                 x, y, kwargs.get("sample_weight"), kwargs.get("chunk_size")
             )
@@ -504,30 +515,6 @@ def pad_shard(x, y, sample_weight, chunk_size=None):
         keras.tree.map_structure(pad, y),
         pad(weights),
     )
-
-
-def distribute_batch(data):
-    """Makes global arrays of the processes' local batches (JAX).
-
-    Args:
-        data: A nest of local arrays, with the same shapes in every process.
-
-    Returns:
-        The nest of global arrays laid out by the current distribution.
-    """
-    from keras.src.backend.jax import distribution_lib as jax_distribution
-
-    distribution = keras.distribution.distribution()
-
-    def to_global(array):
-        if array is None:
-            return None
-        layout = distribution.get_data_layout(np.shape(array))
-        return jax_distribution.distribute_data_input(
-            array, layout, distribution.batch_dim_name
-        )
-
-    return keras.tree.map_structure(to_global, data)
 
 
 # -- A lost process ----------------------------------------------------------

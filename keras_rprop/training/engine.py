@@ -47,8 +47,8 @@ import math
 
 import keras
 import numpy as np
-from keras.src.trainers.data_adapters import array_slicing
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 from keras_rprop.training import runners
 from keras_rprop.training import stopping
@@ -104,10 +104,8 @@ def fit_in_memory(
     """
     if validation_split and validation_data is None:
         # The last fraction of the samples, as `fit` splits it.
-        (x, y, sample_weight), validation_data = (
-            array_slicing.train_validation_split(
-                (x, y, sample_weight), validation_split=validation_split
-            )
+        (x, y, sample_weight), validation_data = compat.train_validation_split(
+            (x, y, sample_weight), validation_split
         )
     data = _to_tensors((x, y, sample_weight))
     samples = int(train_steps.batch_size(data[0]))
@@ -148,7 +146,7 @@ def fit_in_memory(
 
     model.stop_training = False
     callback_list.on_train_begin()
-    initial_epoch = model._initial_epoch or initial_epoch
+    initial_epoch = compat.initial_epoch(model, initial_epoch)
     epoch = initial_epoch
     training_logs = None
     while epoch < epochs and not model.stop_training:
@@ -156,7 +154,7 @@ def fit_in_memory(
         validate = None
         if validation is not None:
             validate = [
-                model._should_eval(e, validation_freq)
+                compat.should_evaluate(model, e, validation_freq)
                 for e in range(epoch, epoch + count)
             ]
         if count == 1 and not plan.told_afterwards:
@@ -426,6 +424,6 @@ def _batches(data, samples, batch_size):
 
 def _build(model, data):
     """Builds the model, its compiled loss and metrics, and the optimizer."""
-    model._symbolic_build(data_batch=data)
+    compat.symbolic_build(model, data)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)

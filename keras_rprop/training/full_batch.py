@@ -1,10 +1,10 @@
 """`fit_full_batch`: exact full-batch training, fast for data in memory."""
 
-import contextlib
 import inspect
 
 import keras
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 from keras_rprop.training import engine
 from keras_rprop.training import train_steps
@@ -193,7 +193,7 @@ def fit_full_batch(
     callbacks = [ApplyAccumulated(accumulator)]
     callbacks += list(fit_kwargs.pop("callbacks", None) or [])
     with (
-        _tracked_metric(model, accumulator),
+        compat.tracked_metric(model, accumulator),
         bound_train_step(
             model, train_steps.ACCUMULATE_STEPS, accumulator=accumulator
         ),
@@ -229,15 +229,6 @@ def _engine_runs(model, fit_kwargs):
     if keras.distribution.distribution() is not None:
         return False
     return backend in ("tensorflow", "jax", "torch")
-
-
-@contextlib.contextmanager
-def _tracked_metric(model, metric):
-    model._metrics.append(metric)
-    try:
-        yield
-    finally:
-        model._metrics.remove(metric)
 
 
 def _check_arguments(model, epochs, steps_per_epoch, chunk_size, chunks):

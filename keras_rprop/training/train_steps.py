@@ -37,6 +37,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 from keras_rprop.training.loss_channel import apply_with_loss
 from keras_rprop.training.loss_channel import stateless_apply_with_loss
@@ -107,7 +108,7 @@ def _scaled(gradient, samples, dtype, divide=False):
 
 
 def _forward(model, x):
-    if model._call_has_training_arg:
+    if compat.call_has_training_arg(model):
         return model(x, training=True)
     return model(x)
 
@@ -231,11 +232,9 @@ def _tensorflow_gradient_sums(model, x, y, sample_weight, track_loss):
 
     with tf.GradientTape() as tape:
         y_pred = _forward(model, x)
-        loss = model._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
+        loss = compat.compute_loss(model, x, y, y_pred, sample_weight)
         if track_loss:
-            model._loss_tracker.update_state(
+            compat.loss_tracker(model).update_state(
                 _global_loss(loss), sample_weight=batch_size(x)
             )
         scaled_loss = model.optimizer.scale_loss(loss)
@@ -248,11 +247,11 @@ def _torch_gradient_sums(model, x, y, sample_weight, track_loss):
     import torch
 
     y_pred = _forward(model, x)
-    loss = model._compute_loss(
-        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-    )
+    loss = compat.compute_loss(model, x, y, y_pred, sample_weight)
     if track_loss:
-        model._loss_tracker.update_state(loss, sample_weight=batch_size(x))
+        compat.loss_tracker(model).update_state(
+            loss, sample_weight=batch_size(x)
+        )
     variables = model.trainable_weights[:]
     grads = []
     if variables:
@@ -434,7 +433,9 @@ def jax_update_metrics(
     """Updates the loss tracker and metrics (and `extra`) statelessly."""
     mapping = list(zip(model.metrics_variables, metrics_variables))
     with keras.StatelessScope(state_mapping=mapping) as scope:
-        model._loss_tracker.update_state(loss, sample_weight=batch_size(x))
+        compat.loss_tracker(model).update_state(
+            loss, sample_weight=batch_size(x)
+        )
         if extra is not None:
             extra()
         logs = model.compute_metrics(x, y, y_pred, sample_weight)

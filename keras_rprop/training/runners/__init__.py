@@ -11,6 +11,7 @@ the step count, the optimizer and its configuration.
 
 import keras
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 from keras_rprop.training.runners import multiworker
 
@@ -39,7 +40,7 @@ def runner(model, data, steps):
         str(keras.tree.map_structure(_spec, data)),
         id(model.optimizer),
         _optimizer_key(model.optimizer),
-        id(model._loss_tracker),
+        id(compat.loss_tracker(model)),
         model.jit_compile,
     )
     cache = model.__dict__.get(_CACHE_ATTRIBUTE)

@@ -4,6 +4,7 @@ import math
 
 import keras
 
+from keras_rprop import compat
 from keras_rprop.training import distributed
 from keras_rprop.training import train_steps
 from keras_rprop.training.runners import common
@@ -54,12 +55,12 @@ class TorchRunner:
         # epoch's logs during the loop, an epoch's log is its loss
         # tracker's sum and count, read once after the epochs.
         loss_only = (
-            list(model.metrics) == [model._loss_tracker]
+            list(model.metrics) == [compat.loss_tracker(model)]
             and goal is None
             and not stop_on_nan
             and validating is None
         )
-        tracker = model._loss_tracker
+        tracker = compat.loss_tracker(model)
         logs_by_epoch = []
         weights = [] if snapshots else None
         sums = []
@@ -106,8 +107,9 @@ def _tracked_update(model, chunks, _y, _sample_weight):
 
     def update_metrics(x, y, y_pred, sample_weight):
         with torch.no_grad():
-            if model._compile_metrics is not None:
-                model._compile_metrics.update_state(y, y_pred, sample_weight)
+            metrics = compat.compile_metrics(model)
+            if metrics is not None:
+                metrics.update_state(y, y_pred, sample_weight)
 
     for metric in model.metrics:
         metric.reset_state()
