@@ -25,6 +25,7 @@ step (a counter in a layer's `call`) happen only in the steps that run
 eagerly: the recorded one and the epoch's last.
 """
 
+import collections
 import dataclasses
 import threading
 import warnings
@@ -54,6 +55,11 @@ _recording = threading.Lock()
 # function or None).
 _traces = weakref.WeakKeyDictionary()
 
+# Records shared by models of one structure (`stepper(shared=...)`), the
+# most recently used last.
+_shared = collections.OrderedDict()
+_MAX_SHARED = 8
+
 
 def repeat(model, step, data, count):
     """Runs `step(model, *data)` `count` times, replaying a record of it.
@@ -73,7 +79,7 @@ def repeat(model, step, data, count):
         run()
 
 
-def stepper(model, step, data):
+def stepper(model, step, data, shared=None):
     """A function of no arguments that runs `step(model, *data)` once.
 
     The first run for a model and step (or after anything the record
@@ -81,6 +87,12 @@ def stepper(model, step, data):
     the record. A step that cannot be replayed runs eagerly. The function
     is valid while nothing the record depends on changes (the caller runs
     it in a loop of its own).
+
+    A record takes the model's state tensors as inputs, so models whose
+    steps are the same computation can replay one record: `shared` is a
+    description of the model's structure (the caller vouches that models
+    with equal descriptions compute the same step), and a record made for
+    one of them serves all.
     """
     if distributed.process_count() > 1:
         # A record would not hold the all-reduce of the processes' sums.
@@ -109,6 +121,14 @@ def stepper(model, step, data):
         and all(a is b for a, b in zip(entry[1], state))
     ):
         return _replaying(model, step, data, entry[2], state)
+    shared_key = None
+    if shared is not None:
+        shared_key = (shared, _trace_key(model, step, data, identities=False))
+        if shared_key in _shared:
+            _shared.move_to_end(shared_key)
+            replay = _shared[shared_key]
+            records[step] = (key, state, replay)
+            return _replaying(model, step, data, replay, state)
 
     current = None
 
@@ -119,6 +139,10 @@ def stepper(model, step, data):
         with _recording:
             replay, ran = _trace_step(model, step, state, data)
         records[step] = (key, state, replay)
+        if shared_key is not None and replay is not None:
+            _shared[shared_key] = replay
+            while len(_shared) > _MAX_SHARED:
+                _shared.popitem(last=False)
         current = _replaying(model, step, data, replay, state)
         if not ran:
             current()
@@ -152,9 +176,14 @@ def _state_tensors(model):
     return [v.value for v in unique.values()]
 
 
-def _trace_key(model, step, data):
-    """What a record depends on besides the identity of the state tensors."""
+def _trace_key(model, step, data, identities=True):
+    """What a record depends on besides the identity of the state tensors.
+
+    With `identities=False`, without the identities of the model's own
+    optimizer and loss (for records shared by models of one structure).
+    """
     leaves = keras.tree.flatten(data)
+    owners = (id(model.optimizer), id(compat.compiled_loss(model)))
     return (
         str(_structure(data)),
         tuple(
@@ -166,8 +195,7 @@ def _trace_key(model, step, data):
             for t in leaves
         ),
         id(step),
-        id(model.optimizer),
-        id(compat.compiled_loss(model)),
+        owners if identities else None,
         _python_attributes(model.optimizer),
     )
 

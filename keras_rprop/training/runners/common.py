@@ -1,5 +1,7 @@
 """What the runners of the engine share: their result and its logs."""
 
+import json
+
 import keras
 import numpy as np
 
@@ -76,3 +78,77 @@ def stop_condition(loss, goal, stop_on_nan):
     if stop_on_nan:
         stop = ops.logical_or(stop, ops.logical_not(ops.isfinite(loss)))
     return stop
+
+
+def structure(model, steps):
+    """What a compiled function of `model` depends on, or `None`.
+
+    Only models made of Keras's own layers are shared: their computation is
+    what their configuration says. Names are replaced by their order, so
+    that two fresh models of one structure compare equal.
+    """
+    layers = list(_layers(model))
+    if not all(
+        type(layer).__module__.startswith("keras.")
+        for layer in [model, *layers]
+    ):
+        return None
+    try:
+        architecture = _nameless(json.loads(model.to_json()))
+        compiled = json.dumps(
+            model.get_compile_config(), sort_keys=True, default=repr
+        )
+    except Exception:  # Not serializable: not shared.
+        return None
+    variables = (
+        list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.metrics_variables)
+    )
+    shapes = tuple((tuple(v.shape), str(v.dtype)) for v in variables)
+    return (
+        json.dumps(architecture, sort_keys=True),
+        compiled,
+        shapes,
+        steps,
+        model.jit_compile,
+        keras.backend.floatx(),
+    )
+
+
+def _nameless(config):
+    """`config` with every name replaced by its order of appearance.
+
+    Names (of the model, its layers and their inputs) also stand in the
+    references between layers, so all their occurrences are replaced.
+    """
+    names = {}
+
+    def collect(value):
+        if isinstance(value, dict):
+            name = value.get("name")
+            if isinstance(name, str):
+                names.setdefault(name, f"#{len(names)}")
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    def replace(value):
+        if isinstance(value, dict):
+            return {key: replace(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [replace(item) for item in value]
+        if isinstance(value, str):
+            return names.get(value, value)
+        return value
+
+    collect(config)
+    return replace(config)
+
+
+def _layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _layers(layer)

@@ -19,6 +19,8 @@ class TorchRunner:
         self.model = model
         self.steps = steps
         self.data = None
+        # Fresh models of one structure replay one record of each step.
+        self.structure = common.structure(model, steps)
 
     def run(
         self,
@@ -37,10 +39,16 @@ class TorchRunner:
         untracked = None
         if self.steps > 1:
             untracked = torch_replay.stepper(
-                model, train_steps.untracked_update, self.data[0]
+                model,
+                train_steps.untracked_update,
+                self.data[0],
+                shared=self.structure,
             )
         tracked = torch_replay.stepper(
-            model, _tracked_update, (self.data, None, None)
+            model,
+            _tracked_update,
+            (self.data, None, None),
+            shared=self.structure,
         )
         validating = None
         if (
@@ -49,7 +57,10 @@ class TorchRunner:
             and any(validate or ())
         ):
             validating = torch_replay.stepper(
-                model, _validation_step, (validation.batches, None, None)
+                model,
+                _validation_step,
+                (validation.batches, None, None),
+                shared=self.structure,
             )
         # With the loss as the only metric and nothing that reads an
         # epoch's logs during the loop, an epoch's log is its loss
