@@ -173,7 +173,7 @@ def fit_in_memory(
             continue
 
         saved = _State(model) if plan.decides else None
-        learning_rate = _learning_rate(model)
+        learning_rate = _learning_rate(model) if plan.changes_rate else None
         options = dict(
             goal=plan.goal,
             stop_on_nan=plan.stop_on_nan,
@@ -190,10 +190,15 @@ def fit_in_memory(
             logs.update(
                 _late_validation(validation, validate, offset, callback_list)
             )
-            with _weights_of_epoch(model, result.weights, offset):
+            with (
+                _weights_of_epoch(model, result.weights, offset),
+                _comparisons_on_the_host(callback_list.callbacks),
+            ):
                 callback_list.on_epoch_end(epoch + offset, logs)
             training_logs = logs
-            new_learning_rate = _learning_rate(model)
+            new_learning_rate = (
+                _learning_rate(model) if plan.changes_rate else None
+            )
             if offset + 1 < ran and (
                 model.stop_training or new_learning_rate != learning_rate
             ):
@@ -268,6 +273,9 @@ class _Plan:
         self.snapshots = any(
             type(c) in deciding and _reads_weights(c) for c in callbacks
         )
+        self.changes_rate = any(
+            type(c) is keras.callbacks.ReduceLROnPlateau for c in callbacks
+        )
         if not self.told_afterwards:
             self.size = 1
         elif progress is not None:
@@ -299,10 +307,8 @@ class _State:
 
     def __init__(self, model):
         self.variables = list(model.variables) + list(model.optimizer.variables)
-        self.values = [
-            np.array(keras.ops.convert_to_numpy(v.value))
-            for v in self.variables
-        ]
+        # Copies on the device: most chunks are never rolled back.
+        self.values = [keras.ops.copy(v.value) for v in self.variables]
 
     def restore(self):
         for variable, value in zip(self.variables, self.values):
@@ -341,6 +347,45 @@ class _weights_of_epoch:
     def __exit__(self, *exc_info):
         if self.weights is not None:
             del self.model.__dict__["get_weights"]
+
+
+class _comparisons_on_the_host:
+    """Keras's monitoring callbacks compare with NumPy while told of epochs.
+
+    `EarlyStopping` and `ReduceLROnPlateau` compare each epoch's value with
+    `keras.ops.less` or `greater`, which on TensorFlow runs an eager
+    operation per epoch (most of the time of telling them of an epoch).
+    NumPy makes the same comparison of the same values in the same dtype
+    (`floatx`, into which the backend converts the Python floats).
+    """
+
+    def __init__(self, callbacks):
+        self.callbacks = [
+            c
+            for c in callbacks
+            if type(c)
+            in (
+                keras.callbacks.EarlyStopping,
+                keras.callbacks.ReduceLROnPlateau,
+            )
+        ]
+
+    def __enter__(self):
+        dtype = np.dtype(keras.config.floatx()).type
+        replacements = {
+            keras.ops.less: lambda a, b: np.less(dtype(a), dtype(b)),
+            keras.ops.greater: lambda a, b: np.greater(dtype(a), dtype(b)),
+        }
+        self.originals = []
+        for callback in self.callbacks:
+            operation = callback.monitor_op
+            if operation in replacements:
+                self.originals.append((callback, operation))
+                callback.monitor_op = replacements[operation]
+
+    def __exit__(self, *exc_info):
+        for callback, operation in self.originals:
+            callback.monitor_op = operation
 
 
 # -- Validation ---------------------------------------------------------------
