@@ -401,7 +401,12 @@ def broadcast_state(model):
     optimizer = model.optimizer
     if optimizer is not None and optimizer.built:
         variables += list(optimizer.variables)
-    unique = list({id(v): v for v in variables}.values())
+    # Rprop's hyper-parameters held in a variable follow from its
+    # configuration, the same in every process.
+    derived = getattr(optimizer, "_rule_parameters", None)
+    unique = [
+        v for v in {id(v): v for v in variables}.values() if v is not derived
+    ]
     if not unique:
         return
     backend = keras.backend.backend()
