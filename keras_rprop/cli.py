@@ -56,6 +56,7 @@ def run(parser, args, argv):
     try:
         # Unknown names fail here, before anything is trained.
         runner.resolve(args.problems, args.optimizers, 1, args.epochs)
+        plot_x = compare.plot.x_axes(args.plot_x or compare.plot.DEFAULT_X)
     except ValueError as error:
         parser.exit(2, f"keras-rprop compare: error: {error}\n")
     compare.run(
@@ -64,7 +65,7 @@ def run(parser, args, argv):
         seeds=args.seeds or compare.DEFAULT_SEEDS,
         epochs=args.epochs,
         output=args.output or compare.DEFAULT_OUTPUT,
-        plot_x=args.plot_x,
+        plot_x=plot_x,
         verbose=not args.quiet,
         command=" ".join(["keras-rprop", *argv]),
     )

@@ -95,7 +95,7 @@ def build_parser():
         type=_names,
         metavar="NAMES",
         help="comma-separated problems (see --list); default: "
-        "encoder,breast-cancer,diabetes",
+        "encoder,breast-cancer,diabetes,sinc",
     )
     compare.add_argument(
         "--optimizers",
@@ -124,10 +124,12 @@ def build_parser():
     )
     compare.add_argument(
         "--plot-x",
-        choices=("epochs", "evaluations", "seconds"),
-        default="epochs",
-        help="x axis of loss_curves.png: epochs (iterations for lbfgs and "
-        "lm, default), gradient evaluations or seconds",
+        type=_names,
+        default=None,
+        metavar="AXES",
+        help="comma-separated x axes of loss_curves.png, a row of panels "
+        "each: evaluations (gradient evaluations on the training set), "
+        "seconds, epochs; default: evaluations,seconds",
     )
     compare.add_argument(
         "--output",
