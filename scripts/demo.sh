@@ -2,7 +2,7 @@
 # The main job: makes or reuses the project-local virtual environment .venv,
 # installs keras-rprop there with every backend and the demo extras, then runs
 # `keras-rprop compare` with its defaults: the Rprop variants against the
-# baselines on the default problems, in about two minutes on two CPU cores. The
+# baselines on the default problems, in several minutes on two CPU cores. The
 # table, the loss-curve plot and the raw results go to ./compare-results/.
 # Extra arguments go to `keras-rprop compare`, e.g.
 #   bash scripts/demo.sh --problems two-spirals,digits --backend jax
