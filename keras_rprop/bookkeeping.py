@@ -10,6 +10,7 @@ before and after the rule. Each class provides its framework's variables
 and operations.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -31,7 +32,8 @@ class RpropBookkeeping:
 
     A subclass calls `_init_bookkeeping` in its `__init__` and
     `_build_slots` in its `build`, calls `_record_loss`, `_rule_config`,
-    `_rule_arguments` and `_finish_step` in its update, and provides:
+    `_rule_arguments` and `_finish_step` in its update, runs each step
+    inside `_one_step()`, and provides:
 
     - `ops`: the operations of `rule.apply` (`sign`, `where`, `zeros_like`,
       `cast`, `convert_to_tensor`) and `isnan`, `greater`, `stop_gradient`,
@@ -47,7 +49,8 @@ class RpropBookkeeping:
       variable.
     - `_sign_dtype()`, `_constant_initializer(value)`,
       `_initial_values(initializer, shape, dtype)` (the values, computed
-      eagerly), `_is_traced(tensor)`, `_is_built()`,
+      eagerly), `_is_traced(tensor)`, `_trace_scope()` (the objects that
+      tell the graphs being built apart, a tuple), `_is_built()`,
       `_get_initializer(identifier)` and
       `_serialize_initializer(initializer)`.
     - `_HOW_TO_PASS_THE_LOSS`: the sentences of the error for a missing
@@ -71,8 +74,10 @@ class RpropBookkeeping:
             min_step=min_step,
             max_step=max_step,
         )
-        # The variant the update was compiled with, once it was.
+        # The variant the update was compiled with, once it was, and the
+        # hyper-parameters read in the step being compiled.
         self._compiled_variant = None
+        self._traced_config = None
         # The loss of the step being applied.
         self._current_loss = self._new_scalar("current_loss", math.inf, SUM)
         # E(t-1) for iRprop+; +inf before the first step, so that the first
@@ -122,7 +127,10 @@ class RpropBookkeeping:
         if (
             self._is_built()
             and config.initial_step != old.initial_step
-            and config.initial_step != _clipped_initial_step(old, config)
+            and config.initial_step
+            != _clipped_initial_step(
+                old.initial_step, config.min_step, config.max_step
+            )
         ):
             raise ValueError(
                 "Argument `initial_step` sets the step sizes when the "
@@ -178,13 +186,29 @@ class RpropBookkeeping:
         if not self._is_traced(like):
             return self.config
         self._compiled_variant = self.config.variant
+        # Read once per dtype and graph of a step, not once per tensor.
+        scope = (*self._trace_scope(), str(dtype))
+        cached = self._traced_config
+        if cached is not None and _same(cached[0], scope):
+            return cached[1]
         values = self.ops.cast(
             self.ops.convert_to_tensor(self._rule_parameters), dtype
         )
-        return rule.TensorConfig(
+        config = rule.TensorConfig(
             self.config.variant,
             *(values[i] for i in range(len(rule.RULE_PARAMETERS))),
         )
+        self._traced_config = (scope, config)
+        return config
+
+    @contextlib.contextmanager
+    def _one_step(self):
+        """The extent of one step, which `_rule_config`'s reads live in."""
+        self._traced_config = None
+        try:
+            yield
+        finally:
+            self._traced_config = None
 
     def _config_items(self):
         """The fields of `config` as `get_config` writes them."""
@@ -332,15 +356,21 @@ class RpropBookkeeping:
         )
 
 
-def _clipped_initial_step(old, new):
-    """`old.initial_step` clipped to the bounds of `new`.
+def _same(scope, other):
+    return len(scope) == len(other) and all(
+        a is b or a == b for a, b in zip(scope, other)
+    )
 
-    Once the optimizer is built, `initial_step` is past use; new bounds
-    that exclude it clip it, as they clip the step sizes.
+
+def _clipped_initial_step(initial_step, min_step, max_step):
+    """A float `initial_step` clipped to `[min_step, max_step]`.
+
+    Once the optimizer is built, `initial_step` is past use, and new bounds
+    that exclude it clip it.
     """
-    if rule.is_initializer(old.initial_step):
-        return old.initial_step
-    return min(max(old.initial_step, new.min_step), new.max_step)
+    if rule.is_initializer(initial_step):
+        return initial_step
+    return min(max(initial_step, min_step), max_step)
 
 
 def _field_property(name):
@@ -349,15 +379,14 @@ def _field_property(name):
         if name == "initial_step":
             changes[name] = self._initial_step_argument(value)
         elif name in ("min_step", "max_step") and self._is_built():
-            initial_step = self.config.initial_step
-            if not rule.is_initializer(initial_step):
-                low = rule.check_real("min_step", self.config.min_step)
-                high = rule.check_real("max_step", self.config.max_step)
-                if name == "min_step":
-                    low = rule.check_real(name, value)
-                else:
-                    high = rule.check_real(name, value)
-                changes["initial_step"] = min(max(initial_step, low), high)
+            bounds = {
+                "min_step": self.config.min_step,
+                "max_step": self.config.max_step,
+                name: rule.check_real(name, value),
+            }
+            changes["initial_step"] = _clipped_initial_step(
+                self.config.initial_step, **bounds
+            )
         self.config = dataclasses.replace(self.config, **changes)
 
     return property(

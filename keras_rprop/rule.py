@@ -1,6 +1,8 @@
-"""The Rprop update rule: one checked configuration and one function.
+"""The Rprop update rule: the variants, a checked configuration, a function.
 
-`RpropConfig` holds the hyper-parameters of the rule, checked once.
+`VARIANT_TABLE` says what each variant does on a sign change, and all else
+the package knows of a variant follows from it. `RpropConfig` holds the
+hyper-parameters of the rule, checked once.
 `apply(config, gradient, step, sign, ...)` computes one update of one tensor
 from them and is the only way into the rule: every code path of the
 optimizer calls it, so the four variants cannot drift apart between

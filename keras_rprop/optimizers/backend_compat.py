@@ -135,3 +135,20 @@ def is_traced(tensor):
 
         return isinstance(tensor, jax.core.Tracer)
     return False
+
+
+def trace_scope():
+    """What tells apart the graphs being built at this point, as a tuple.
+
+    On TensorFlow, the graph and the replica of a distribution strategy,
+    whose tensors cannot be used in another graph or are another
+    replica's; elsewhere nothing (a JAX trace does not outlive a step).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return (
+            tf.compat.v1.get_default_graph(),
+            tf.distribute.get_replica_context(),
+        )
+    return ()

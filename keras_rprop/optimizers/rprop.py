@@ -179,13 +179,12 @@ class Rprop(bookkeeping.RpropBookkeeping, keras.optimizers.Optimizer):
         self.assign(sign, new_sign)
 
     def whole_step(self, grads, trainable_variables, learning_rate, keras_step):
-        """Updates every variable: by the backend's faster way through the
-        whole step where it has one, else by Keras's loop over
-        `update_step`."""
-        if not fast_paths.update(
-            self, grads, trainable_variables, learning_rate
-        ):
-            keras_step(grads, trainable_variables, learning_rate)
+        """Updates every variable, by the backend's fastest way."""
+        with self._one_step():
+            if not fast_paths.update(
+                self, grads, trainable_variables, learning_rate
+            ):
+                keras_step(grads, trainable_variables, learning_rate)
         self._finish_step(learning_rate)
 
     def save_own_variables(self, store):
@@ -319,6 +318,7 @@ class Rprop(bookkeeping.RpropBookkeeping, keras.optimizers.Optimizer):
     _constant_initializer = staticmethod(backend_compat.constant_initializer)
     _initial_values = staticmethod(backend_compat.initial_values)
     _is_traced = staticmethod(backend_compat.is_traced)
+    _trace_scope = staticmethod(backend_compat.trace_scope)
     _get_initializer = staticmethod(keras.initializers.get)
     _serialize_initializer = staticmethod(keras.initializers.serialize)
     _num_replicas = staticmethod(backend_compat.num_replicas_in_sync)

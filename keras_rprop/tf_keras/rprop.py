@@ -210,12 +210,13 @@ class Rprop(bookkeeping.RpropBookkeeping, tf_keras.optimizers.Optimizer):
             loss = self._check_loss(loss)
             if loss is not None:
                 self.record_loss(loss)
-        iteration = super().apply_gradients(
-            grads_and_vars,
-            name=name,
-            skip_gradients_aggregation=skip_gradients_aggregation,
-            **kwargs,
-        )
+        with self._one_step():
+            iteration = super().apply_gradients(
+                grads_and_vars,
+                name=name,
+                skip_gradients_aggregation=skip_gradients_aggregation,
+                **kwargs,
+            )
         self._finish_step(self.learning_rate)
         return iteration
 
@@ -336,6 +337,13 @@ class Rprop(bookkeeping.RpropBookkeeping, tf_keras.optimizers.Optimizer):
     @staticmethod
     def _is_traced(tensor):
         return not tf.executing_eagerly()
+
+    @staticmethod
+    def _trace_scope():
+        return (
+            tf.compat.v1.get_default_graph(),
+            tf.distribute.get_replica_context(),
+        )
 
     @staticmethod
     def _rule_parameters_dtype():
