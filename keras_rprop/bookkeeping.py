@@ -10,7 +10,6 @@ before and after the rule. Each class provides its framework's variables
 and operations.
 """
 
-import contextlib
 import dataclasses
 import math
 
@@ -32,8 +31,8 @@ class RpropBookkeeping:
 
     A subclass calls `_init_bookkeeping` in its `__init__` and
     `_build_slots` in its `build`, calls `_record_loss`, `_rule_config`,
-    `_rule_arguments` and `_finish_step` in its update, runs each step
-    inside `_one_step()`, and provides:
+    `_rule_arguments` and `_finish_step` in its update, calls
+    `_forget_step` before and after each step, and provides:
 
     - `ops`: the operations of `rule.apply` (`sign`, `where`, `zeros_like`,
       `cast`, `convert_to_tensor`) and `isnan`, `greater`, `stop_gradient`,
@@ -201,13 +200,12 @@ class RpropBookkeeping:
         self._traced_config = (scope, config)
         return config
 
-    @contextlib.contextmanager
-    def _one_step(self):
-        """The extent of one step, which `_rule_config`'s reads live in."""
-        self._traced_config = None
-        try:
-            yield
-        finally:
+    def _forget_step(self):
+        """Drops the hyper-parameters read while a step was compiled.
+
+        Called before and after each step: they belong to its graph.
+        """
+        if self._traced_config is not None:
             self._traced_config = None
 
     def _config_items(self):
@@ -336,7 +334,7 @@ class RpropBookkeeping:
         return dict(
             learning_rate=ops.cast(learning_rate, dtype),
             previous_learning_rate=ops.cast(
-                ops.convert_to_tensor(self._previous_learning_rate), dtype
+                self._previous_learning_rate, dtype
             ),
             loss_increased=loss_increased,
         )

@@ -180,11 +180,12 @@ class Rprop(bookkeeping.RpropBookkeeping, keras.optimizers.Optimizer):
 
     def whole_step(self, grads, trainable_variables, learning_rate, keras_step):
         """Updates every variable, by the backend's fastest way."""
-        with self._one_step():
-            if not fast_paths.update(
-                self, grads, trainable_variables, learning_rate
-            ):
-                keras_step(grads, trainable_variables, learning_rate)
+        self._forget_step()
+        if not fast_paths.update(
+            self, grads, trainable_variables, learning_rate
+        ):
+            keras_step(grads, trainable_variables, learning_rate)
+        self._forget_step()
         self._finish_step(learning_rate)
 
     def save_own_variables(self, store):

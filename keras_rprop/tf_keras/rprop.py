@@ -210,13 +210,14 @@ class Rprop(bookkeeping.RpropBookkeeping, tf_keras.optimizers.Optimizer):
             loss = self._check_loss(loss)
             if loss is not None:
                 self.record_loss(loss)
-        with self._one_step():
-            iteration = super().apply_gradients(
-                grads_and_vars,
-                name=name,
-                skip_gradients_aggregation=skip_gradients_aggregation,
-                **kwargs,
-            )
+        self._forget_step()
+        iteration = super().apply_gradients(
+            grads_and_vars,
+            name=name,
+            skip_gradients_aggregation=skip_gradients_aggregation,
+            **kwargs,
+        )
+        self._forget_step()
         self._finish_step(self.learning_rate)
         return iteration
 
