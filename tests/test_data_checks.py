@@ -372,6 +372,25 @@ def test_sparse_arrays_are_counted_but_not_scanned():
         data_checks.check_fit_data(x, np.zeros((3, 1), "float32"))
 
 
+def test_a_library_still_being_imported_is_not_a_failure(monkeypatch):
+    """Another thread may be importing TensorFlow, JAX or SciPy meanwhile.
+
+    Their module is then in `sys.modules` without its classes yet; the
+    check must still see the NumPy arrays (it once raised AttributeError).
+    """
+    import sys
+    import types
+
+    importing = ("tensorflow", "jax", "jax.experimental.sparse", "scipy.sparse")
+    for name in importing:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    arguments = with_bad_value(clean_arguments(), "x", None, (3, 1), np.nan)
+    with pytest.raises(ValueError, match=message("x", "`x`", "nan", (3, 1))):
+        data_checks.check_fit_data(arguments["x"], arguments["y"])
+    clean = clean_arguments()
+    data_checks.check_fit_data(clean["x"], clean["y"])
+
+
 def test_check_finite_false_trains_on_the_bad_data():
     """What the check prevents: the loss is NaN from the first epoch."""
     arguments = with_bad_value(clean_arguments(), "x", None, (0, 0), np.nan)

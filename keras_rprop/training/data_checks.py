@@ -185,16 +185,27 @@ def _skipped(leaf):
 
 def _sparse(leaf):
     """Whether `leaf` is a sparse or ragged tensor or a SciPy sparse array."""
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(leaf, (tf.RaggedTensor, tf.SparseTensor)):
+    sparse_classes = (
+        _loaded("tensorflow", "RaggedTensor"),
+        _loaded("tensorflow", "SparseTensor"),
+        _loaded("jax.experimental.sparse", "JAXSparse"),
+    )
+    if isinstance(leaf, tuple(c for c in sparse_classes if c is not None)):
         return True
-    jax_sparse = sys.modules.get("jax.experimental.sparse")
-    if jax_sparse is not None and isinstance(leaf, jax_sparse.JAXSparse):
-        return True
-    scipy_sparse = sys.modules.get("scipy.sparse")
-    if scipy_sparse is not None and scipy_sparse.issparse(leaf):
+    issparse = _loaded("scipy.sparse", "issparse")
+    if issparse is not None and issparse(leaf):
         return True
     return _library(leaf) == "torch" and leaf.layout is not _torch().strided
+
+
+def _loaded(module_name, class_name):
+    """`module_name.class_name` if that module is imported, else `None`.
+
+    Nothing is imported: a value of a class exists only once its module is.
+    A module that another thread is still importing may not define the
+    class yet; its values cannot have reached the caller either.
+    """
+    return getattr(sys.modules.get(module_name), class_name, None)
 
 
 def _library(leaf):
@@ -206,10 +217,8 @@ def _library(leaf):
         ("jax", "Array"),
         ("tensorflow", "Tensor"),
     ):
-        module = sys.modules.get(library)
-        if module is not None and isinstance(
-            leaf, getattr(module, tensor_class)
-        ):
+        loaded = _loaded(library, tensor_class)
+        if loaded is not None and isinstance(leaf, loaded):
             return library
     return None
 

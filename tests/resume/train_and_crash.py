@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -144,8 +145,20 @@ def crash(workdir):
             callbacks=[StopBeforeSaving(), saver],
         )
 
+    def train_or_exit(way, variant):
+        # A thread that fails would leave the others waiting at the barrier
+        # until the test's time limit: end the process, with the traceback.
+        try:
+            train(way, variant)
+        except BaseException:
+            traceback.print_exc()
+            sys.stdout.flush()
+            os._exit(1)
+
     for way, variant in runs:
-        threading.Thread(target=train, args=(way, variant), daemon=True).start()
+        threading.Thread(
+            target=train_or_exit, args=(way, variant), daemon=True
+        ).start()
     arrived.wait()
     with open(os.path.join(workdir, "ready"), "w") as file:
         file.write(str(os.getpid()))
