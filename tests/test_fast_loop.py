@@ -54,6 +54,37 @@ def test_steps_per_epoch_trains_the_same_weights(variant):
     )
 
 
+# Arguments the engine does not take, and eager models, train through
+# Keras's `fit` with the same k-step train step.
+@pytest.mark.parametrize("path", ["keras_fit", "keras_fit_eagerly"])
+@pytest.mark.parametrize("variant", ["rprop+", "irprop+"])
+def test_steps_per_epoch_through_keras_fit(variant, path):
+    x, y = make_data()
+    plain = make_model(variant)
+    plain_history = keras_rprop.fit_full_batch(
+        plain, x, y, epochs=12, verbose=0
+    )
+    fast = helpers.tanh_model()
+    fast.compile(
+        optimizer=keras_rprop.Rprop(variant),
+        loss="mse",
+        run_eagerly=path == "keras_fit_eagerly",
+    )
+    fast_history = keras_rprop.fit_full_batch(
+        fast, x, y, epochs=3, steps_per_epoch=4, verbose=0, class_weight=None
+    )
+    for fast_weights, plain_weights in zip(
+        fast.get_weights(), plain.get_weights()
+    ):
+        np.testing.assert_allclose(fast_weights, plain_weights, atol=1e-6)
+    assert int(fast.optimizer.iterations) == 12
+    np.testing.assert_allclose(
+        fast_history.history["loss"],
+        plain_history.history["loss"][3::4],
+        rtol=1e-5,
+    )
+
+
 def test_early_stopping_counts_epochs_of_steps():
     x, y = make_data()
     model = make_model("irprop-")

@@ -143,13 +143,10 @@ def fit_full_batch(
                 steps_per_epoch=steps_per_epoch,
                 **fit_kwargs,
             )
-        if steps_per_epoch == 1:
-            steps = train_steps.TRAIN_STEPS
-            kwargs = {}
-        else:
-            steps = train_steps.REPEATED_TRAIN_STEPS
-            kwargs = {"steps": steps_per_epoch}
-        with bound_train_step(model, steps, reuse=True, **kwargs):
+        kwargs = {} if steps_per_epoch == 1 else {"steps": steps_per_epoch}
+        with bound_train_step(
+            model, train_steps.TRAIN_STEPS, reuse=True, **kwargs
+        ):
             return fit(
                 model, x, y, batch_size=samples, epochs=epochs, **fit_kwargs
             )

@@ -50,6 +50,8 @@ _UNSAFE_OPS = compat.torch_value_reads()
 # `make_fx` patches module-level state while it records: one record at a
 # time, when several threads train.
 _recording = threading.Lock()
+# Whether this thread is recording a step.
+_thread = threading.local()
 
 # Recorded steps by model and step function: (key, state tensors, replay
 # function or None).
@@ -67,8 +69,7 @@ def repeat(model, step, data, count):
     Args:
         model: The compiled Keras model.
         step: Function `(model, x, y, sample_weight)` that runs one
-            optimizer step (`train_steps.untracked_update` or the
-            engine's step that also feeds the metrics).
+            optimizer step.
         data: The tuple `(x, y, sample_weight)` of tensors (or nests).
         count: The number of runs.
     """
@@ -77,6 +78,15 @@ def repeat(model, step, data, count):
     run = stepper(model, step, data)
     for _ in range(count):
         run()
+
+
+def recording():
+    """Whether the calling thread is recording a step.
+
+    A step that repeats itself then loops in Python, so that the record
+    holds every repetition.
+    """
+    return getattr(_thread, "recording", False)
 
 
 def stepper(model, step, data, shared=None):
@@ -243,6 +253,7 @@ def _trace_step(model, update, state, data):
     # and run again eagerly.
     with torch.no_grad():
         saved = [t.clone() for t in state]
+    _thread.recording = True
     try:
         with (
             compat.torch_one_fake_mode(),
@@ -256,6 +267,8 @@ def _trace_step(model, update, state, data):
             for tensor, value in zip(state, saved):
                 tensor.copy_(value)
         return None, False
+    finally:
+        _thread.recording = False
     for node in record.graph.nodes:
         if node.op == "call_function" and _is_unsafe(node.target):
             return None, True

@@ -20,10 +20,8 @@ and PyTorch's recorded step. For the Keras trainers this module also
 defines:
 
 - `train_step`: Keras's training step, but handing the unscaled loss to the
-  optimizer (`enable_loss`).
-- `repeated_train_step`: `steps` such updates on the same batch in one call.
-  Only the last update feeds the metrics, so the logs describe the weights
-  the last step started from.
+  optimizer (`enable_loss`); with `steps=k`, `update_steps`: k updates on
+  the same batch in one call.
 - `accumulate_step`: no update; adds the chunk's `gradient_sums` to a
   `GradientAccumulator` (exact full-batch training from chunks).
 
@@ -180,13 +178,6 @@ def apply_sums(model, sums):
         apply_with_loss(model.optimizer, grads, variables, loss)
 
 
-def update(model, x, y, sample_weight, track_loss=True):
-    """One full-batch optimizer step on `(x, y, sample_weight)`."""
-    sums, y_pred = gradient_sums(model, x, y, sample_weight, track_loss)
-    apply_sums(model, global_sums(sums))
-    return y_pred
-
-
 def add_sums(total, sums):
     """`total + sums`, where `total` may be `None` (nothing added yet)."""
     if total is None:
@@ -202,7 +193,7 @@ def add_sums(total, sums):
     )
 
 
-def update_chunks(model, chunks, on_chunk=None):
+def update_chunks(model, chunks, on_chunk=None, track_loss=True):
     """One optimizer step with the gradient of all `chunks` together.
 
     The chunks' `Sums` are added up in order, as a `GradientAccumulator`
@@ -215,16 +206,80 @@ def update_chunks(model, chunks, on_chunk=None):
         on_chunk: Called as `on_chunk(x, y, y_pred, sample_weight)` after
             each chunk's gradient, for the metrics; its last result is
             returned.
+        track_loss: Whether to feed the loss to the model's loss tracker.
     """
     total = None
     result = None
     for x, y, sample_weight in chunks:
-        sums, y_pred = gradient_sums(model, x, y, sample_weight)
+        sums, y_pred = gradient_sums(model, x, y, sample_weight, track_loss)
         if on_chunk is not None:
             result = on_chunk(x, y, y_pred, sample_weight)
         total = add_sums(total, sums)
     apply_sums(model, global_sums(total))
     return result
+
+
+def update_steps(model, chunks, steps, on_chunk=None):
+    """`steps` optimizer steps on the same `chunks`, in one call.
+
+    Only the last step feeds the loss tracker and `on_chunk`, so the logs
+    describe the weights the last step started from (as `fit`'s logs
+    describe the weights each batch's step started from).
+
+    Args:
+        model: The compiled Keras model.
+        chunks: A sequence of `(x, y, sample_weight)` batches, whose
+            gradients are added up for each step (`update_chunks`).
+        steps: The number of steps, a positive Python integer.
+        on_chunk: As for `update_chunks`, in the last step only.
+    """
+    if steps > 1:
+        _REPEATS[keras.backend.backend()](model, chunks, steps - 1)
+    return update_chunks(model, chunks, on_chunk)
+
+
+def _untracked_update(model, chunks, _y=None, _sample_weight=None):
+    # The signature of a step that `torch_replay` records.
+    update_chunks(model, chunks, track_loss=False)
+
+
+def _tensorflow_repeat(model, chunks, count):
+    import tensorflow as tf
+
+    if distributed.tf_multi_worker_strategy(model) is not None:
+        # TensorFlow refuses a collective inside a loop of a replica's
+        # function.
+        for _ in range(count):
+            _untracked_update(model, chunks)
+        return
+
+    def body(i):
+        _untracked_update(model, chunks)
+        return (i + 1,)
+
+    tf.while_loop(
+        lambda i: i < count,
+        body,
+        (tf.constant(0),),
+        parallel_iterations=1,
+    )
+
+
+def _torch_repeat(model, chunks, count):
+    from keras_rprop.training import torch_replay
+
+    if torch_replay.recording():
+        # Part of a step being recorded: the record holds every step.
+        for _ in range(count):
+            _untracked_update(model, chunks)
+    else:
+        # Replays one recorded step (see `torch_replay`).
+        torch_replay.repeat(
+            model, _untracked_update, (chunks, None, None), count
+        )
+
+
+_REPEATS = {"tensorflow": _tensorflow_repeat, "torch": _torch_repeat}
 
 
 def _tensorflow_gradient_sums(model, x, y, sample_weight, track_loss):
@@ -267,48 +322,14 @@ def _torch_gradient_sums(model, x, y, sample_weight, track_loss):
     return sums, y_pred
 
 
-def _train_step(self, data):
+def _train_step(self, data, steps=1):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     # Across processes the logs are those of all the shards.
     with distributed.global_metrics(self.metrics) as summed:
-        y_pred = update(self, x, y, sample_weight)
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = update_steps(
+            self, [(x, y, sample_weight)], steps, self.compute_metrics
+        )
     return self.get_metrics_result() if summed else logs
-
-
-def _tensorflow_repeated_train_step(self, data, steps):
-    import tensorflow as tf
-
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-
-    def body(i):
-        update(self, x, y, sample_weight, track_loss=False)
-        return (i + 1,)
-
-    tf.while_loop(
-        lambda i: i < steps - 1,
-        body,
-        (tf.constant(0),),
-        parallel_iterations=1,
-    )
-    return _train_step(self, data)
-
-
-def _torch_repeated_train_step(self, data, steps):
-    from keras_rprop.training import torch_replay
-
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    # All steps but the last replay one recorded step (see `torch_replay`);
-    # the last runs eagerly, to feed the loss tracker and the metrics.
-    torch_replay.repeat(
-        self, untracked_update, (x, y, sample_weight), steps - 1
-    )
-    return _train_step(self, data)
-
-
-def untracked_update(model, x, y, sample_weight):
-    """An optimizer step that feeds no metric."""
-    update(model, x, y, sample_weight, track_loss=False)
 
 
 def _accumulate_step(self, data, accumulator):
@@ -377,54 +398,62 @@ def jax_apply_sums(model, trainable_variables, optimizer_variables, sums):
     )
 
 
-def jax_update(model, state, x, y, sample_weight):
-    """One optimizer step statelessly (JAX).
-
-    Returns:
-        A tuple `(state, loss, y_pred)`: the new values of the four groups of
-        variables (metrics untouched but for the loss computation's own
-        updates), the loss of the batch and the predictions.
-    """
-    sums, loss, y_pred, non_trainable_variables, metrics_variables = (
-        jax_gradient_sums(model, state, x, y, sample_weight)
-    )
-    trainable_variables, optimizer_variables = jax_apply_sums(
-        model, state[0], state[2], global_sums(sums)
-    )
-    state = (
-        trainable_variables,
-        non_trainable_variables,
-        optimizer_variables,
-        metrics_variables,
-    )
-    return state, loss, y_pred
-
-
-def jax_update_chunks(model, state, chunks):
+def jax_update_chunks(model, state, chunks, track=True):
     """`update_chunks` statelessly (JAX), the metrics fed chunk by chunk.
+
+    Args:
+        model: The compiled Keras model.
+        state: The values `(trainable, non_trainable, optimizer, metrics)`.
+        chunks: A sequence of `(x, y, sample_weight)` batches.
+        track: Whether to feed the loss tracker and the metrics; if not,
+            the metrics values are returned as they came.
 
     Returns:
         A tuple `(state, logs)`: the new values of the four groups of
-        variables and the logs after the last chunk.
+        variables and the logs after the last chunk (`None` untracked).
     """
     trainable, non_trainable, optimizer, metrics = state
     total = None
+    logs = None
     for x, y, sample_weight in chunks:
-        sums, loss, y_pred, non_trainable, metrics = jax_gradient_sums(
+        sums, loss, y_pred, non_trainable, updated = jax_gradient_sums(
             model,
             (trainable, non_trainable, optimizer, metrics),
             x,
             y,
             sample_weight,
         )
-        logs, metrics = jax_update_metrics(
-            model, metrics, loss, x, y, y_pred, sample_weight
-        )
+        if track:
+            logs, metrics = jax_update_metrics(
+                model, updated, loss, x, y, y_pred, sample_weight
+            )
         total = add_sums(total, sums)
     trainable, optimizer = jax_apply_sums(
         model, trainable, optimizer, global_sums(total)
     )
     return (trainable, non_trainable, optimizer, metrics), logs
+
+
+def jax_update_steps(model, state, chunks, steps):
+    """`update_steps` statelessly (JAX): a `fori_loop`, then a tracked step.
+
+    Returns:
+        A tuple `(state, logs)`, as `jax_update_chunks`.
+    """
+    import jax
+
+    if steps > 1:
+        metrics = state[3]
+
+        def body(_, carry):
+            new_state, _ = jax_update_chunks(
+                model, (*carry, metrics), chunks, track=False
+            )
+            return tuple(new_state[:3])
+
+        carry = jax.lax.fori_loop(0, steps - 1, body, tuple(state[:3]))
+        state = (*carry, metrics)
+    return jax_update_chunks(model, state, chunks)
 
 
 def jax_update_metrics(
@@ -446,38 +475,10 @@ def jax_update_metrics(
     return logs, new_values
 
 
-def _jax_train_step(self, state, data):
+def _jax_train_step(self, state, data, steps=1):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    state, loss, y_pred = jax_update(self, state, x, y, sample_weight)
-    logs, metrics_variables = jax_update_metrics(
-        self, state[3], loss, x, y, y_pred, sample_weight
-    )
-    return logs, (*state[:3], metrics_variables)
-
-
-def jax_repeat(model, state, x, y, sample_weight, count):
-    """`count` optimizer steps statelessly (JAX), in one `fori_loop`.
-
-    The metrics variables are passed through untouched.
-    """
-    import jax
-
-    metrics_variables = state[3]
-
-    def body(_, carry):
-        new_state, _, _ = jax_update(
-            model, (*carry, metrics_variables), x, y, sample_weight
-        )
-        return tuple(new_state[:3])
-
-    carry = jax.lax.fori_loop(0, count, body, tuple(state[:3]))
-    return (*carry, metrics_variables)
-
-
-def _jax_repeated_train_step(self, state, data, steps):
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    state = jax_repeat(self, state, x, y, sample_weight, steps - 1)
-    return _jax_train_step(self, state, data)
+    state, logs = jax_update_steps(self, state, [(x, y, sample_weight)], steps)
+    return logs, state
 
 
 def _jax_accumulate_step(self, state, data, accumulator):
@@ -507,11 +508,6 @@ TRAIN_STEPS = {
     "tensorflow": _train_step,
     "jax": _jax_train_step,
     "torch": _train_step,
-}
-REPEATED_TRAIN_STEPS = {
-    "tensorflow": _tensorflow_repeated_train_step,
-    "jax": _jax_repeated_train_step,
-    "torch": _torch_repeated_train_step,
 }
 ACCUMULATE_STEPS = {
     "tensorflow": _accumulate_step,

@@ -130,11 +130,9 @@ class _Program:
         def body(carry):
             epoch, _, state, train, val, saved = carry
             state = (*state[:3], fresh_metrics)
-            if self.steps > 1:
-                state = train_steps.jax_repeat(
-                    model, state, *data[0], self.steps - 1
-                )
-            state, logs = train_steps.jax_update_chunks(model, state, data)
+            state, logs = train_steps.jax_update_steps(
+                model, state, data, self.steps
+            )
             metrics = state[3]
             train = [
                 array.at[epoch].set(jnp.asarray(logs[key], "float32"))

@@ -34,11 +34,13 @@ class TensorFlowMultiWorkerRunner:
             model = self.model
             for metric in model.metrics:
                 metric.reset_state()
-            for _ in range(self.steps - 1):
-                train_steps.untracked_update(model, x, y, sample_weight)
             with distributed.global_metrics(model.metrics):
-                y_pred = train_steps.update(model, x, y, sample_weight)
-                model.compute_metrics(x, y, y_pred, sample_weight)
+                train_steps.update_steps(
+                    model,
+                    [(x, y, sample_weight)],
+                    self.steps,
+                    model.compute_metrics,
+                )
             return model.get_metrics_result()
 
         logs = self.strategy.run(replica_epoch, args=data[0])

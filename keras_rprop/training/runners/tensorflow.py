@@ -50,14 +50,9 @@ class TensorFlowRunner:
         def body(epoch, stop, train, val, saved):
             for metric in model.metrics:
                 metric.reset_state()
-            if self.steps > 1:
-                tf.while_loop(
-                    lambda i: i < self.steps - 1,
-                    lambda i: _untracked(model, data[0], i),
-                    (tf.constant(0),),
-                    parallel_iterations=1,
-                )
-            logs = train_steps.update_chunks(model, data, model.compute_metrics)
+            logs = train_steps.update_steps(
+                model, data, self.steps, model.compute_metrics
+            )
             loss = tf.cast(logs["loss"], "float32")
             train = [
                 array.write(epoch, tf.cast(logs[key], "float32"))
@@ -133,8 +128,3 @@ class TensorFlowRunner:
             common.epoch_logs(self.keys, train, val, validate, count),
             common.snapshots_by_epoch(saved, count) if snapshots else None,
         )
-
-
-def _untracked(model, data, i):
-    train_steps.untracked_update(model, *data)
-    return (i + 1,)

@@ -36,18 +36,11 @@ class TorchRunner:
         from keras_rprop.training import torch_replay
 
         model = self.model
-        untracked = None
-        if self.steps > 1:
-            untracked = torch_replay.stepper(
-                model,
-                train_steps.untracked_update,
-                self.data[0],
-                shared=self.structure,
-            )
-        tracked = torch_replay.stepper(
+        # One record holds the epoch's steps (see `train_steps.update_steps`).
+        epoch_steps = torch_replay.stepper(
             model,
-            _tracked_update,
-            (self.data, None, None),
+            _epoch_steps,
+            (self.data, self.steps, None),
             shared=self.structure,
         )
         validating = None
@@ -76,9 +69,7 @@ class TorchRunner:
         weights = [] if snapshots else None
         sums = []
         for epoch in range(epochs):
-            for _ in range(self.steps - 1):
-                untracked()
-            tracked()
+            epoch_steps()
             if loss_only:
                 sums.append(
                     (tracker.total.value.clone(), tracker.count.value.clone())
@@ -112,8 +103,8 @@ class TorchRunner:
         return common.Result(logs_by_epoch, weights)
 
 
-def _tracked_update(model, chunks, _y, _sample_weight):
-    """An optimizer step that feeds fresh metrics (PyTorch)."""
+def _epoch_steps(model, chunks, steps, _sample_weight):
+    """An epoch's optimizer steps, the last feeding fresh metrics."""
     import torch
 
     def update_metrics(x, y, y_pred, sample_weight):
@@ -125,7 +116,7 @@ def _tracked_update(model, chunks, _y, _sample_weight):
     for metric in model.metrics:
         metric.reset_state()
     with distributed.global_metrics(model.metrics):
-        train_steps.update_chunks(model, chunks, update_metrics)
+        train_steps.update_steps(model, chunks, steps, update_metrics)
 
 
 def _validation_step(model, batches, _y, _sample_weight):
