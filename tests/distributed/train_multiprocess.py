@@ -120,6 +120,8 @@ def runs(keras, keras_rprop):
         # summed over the processes. (`MultiWorkerMirroredStrategy` takes
         # each shard as one batch.)
         cases["irprop+ chunked"] = ("irprop+", {"chunk_size": 10}, {})
+    # Several optimizer steps per epoch, only the last feeding the logs.
+    cases["irprop+ steps"] = ("irprop+", {"steps_per_epoch": 4}, {})
     # The regularization term counts once, however the data is split, and
     # the logged loss and metric are those of all the data.
     cases["irprop+ regularized"] = ("irprop+", {}, {"regularized": True})
