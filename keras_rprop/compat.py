@@ -322,6 +322,41 @@ def tf_in_xla_context():
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
+def tf_variable(variable):
+    """The `tf.Variable` that a Keras variable holds its value in.
+
+    Reaches for `Variable._value`: the public `value` is the same object
+    only outside an autocast or stateless scope, and the engine passes the
+    `tf.Variable` itself to a `tf.function` (`tf_variables_bound`).
+    """
+    return variable._value
+
+
+@contextlib.contextmanager
+def tf_variables_bound(variables, tf_variables):
+    """Makes Keras variables read and write other `tf.Variable`s, for a while.
+
+    Reaches for `Variable._value` (see `tf_variable`). A `tf.function` that
+    takes `tf.Variable`s as arguments gets stand-ins for them while it
+    traces; code that reaches the variables through Keras (layers, losses,
+    metrics, optimizers) would capture the real ones instead. Bound to the
+    stand-ins for the duration of the trace, the Keras variables make the
+    trace read and write its arguments, so that TensorFlow reuses it for
+    other variables of the same shapes and dtypes. No public API rebinds a
+    Keras variable (`StatelessScope` replaces reads by tensors and defers
+    writes, which TensorFlow's gradient tape and optimizers do not follow).
+    """
+    variables = list(variables)
+    originals = [variable._value for variable in variables]
+    try:
+        for variable, tf_variable in zip(variables, tf_variables):
+            variable._value = tf_variable
+        yield
+    finally:
+        for variable, original in zip(variables, originals):
+            variable._value = original
+
+
 def tf_num_workers(strategy):
     """The number of workers of a `MultiWorkerMirroredStrategy`.
 

@@ -267,6 +267,33 @@ def test_tf_in_xla_context():
     assert seen == [True, False]
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's variables")
+def test_tf_variable_and_tf_variables_bound():
+    import tensorflow as tf
+
+    variable = keras.Variable(1.0)
+    assert isinstance(compat.tf_variable(variable), tf.Variable)
+    own = compat.tf_variable(variable)
+
+    @tf.function(autograph=False)
+    def add(variables, value):
+        with compat.tf_variables_bound([variable], variables):
+            variable.assign_add(value)
+            return variable.value + 0.0
+
+    other = tf.Variable(5.0)
+    # The trace reads and writes its argument and captures nothing.
+    assert float(add([other], tf.constant(2.0))) == 7.0
+    assert float(add([own], tf.constant(2.0))) == 3.0
+    assert float(other) == 7.0
+    assert compat.tf_variable(variable) is own
+    assert float(variable.value) == 3.0
+    assert add.experimental_get_tracing_count() == 1
+    assert not add.get_concrete_function(
+        [other], tf.constant(2.0)
+    ).captured_inputs
+
+
 def test_tf_num_workers():
     tf = pytest.importorskip("tensorflow")
     strategy = tf.distribute.MultiWorkerMirroredStrategy()

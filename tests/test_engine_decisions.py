@@ -369,7 +369,7 @@ def test_fresh_models_of_one_structure_reuse_compiled_code_exactly():
             model, x, y, epochs=30, verbose=0, validation_data=validation
         )
         assert_same_training(model, history, expected, expected_history)
-        if keras.backend.backend() == "jax":
+        if keras.backend.backend() in ("jax", "tensorflow"):
             programs.append(_programs(model)[0])
         if keras.backend.backend() == "torch":
             from keras_rprop.training import torch_replay
@@ -381,3 +381,80 @@ def test_fresh_models_of_one_structure_reuse_compiled_code_exactly():
         # Seeds share one program; another configuration gets its own.
         assert programs[0] == programs[1]
         assert programs[2] != programs[1]
+
+
+def test_fresh_models_sharing_a_traced_function_train_as_alone():
+    """TensorFlow: a model trained with another model's trace (its
+    variables passed as arguments) trains as with a trace of its own, and
+    leaves the other model untouched."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's traced function")
+    from keras_rprop.training.runners import tensorflow as tf_runner
+
+    x, y, validation = noisy_data()
+
+    def train(seed):
+        model = make_model(seed)
+        history = keras_rprop.fit_full_batch(
+            model,
+            x,
+            y,
+            epochs=40,
+            verbose=0,
+            validation_data=validation,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    "val_loss", patience=5, restore_best_weights=True
+                )
+            ],
+        )
+        return model, history
+
+    tf_runner._PROGRAMS.clear()
+    alone, alone_history = train(2)
+    tf_runner._PROGRAMS.clear()
+    first, _ = train(1)
+    first_weights = first.get_weights()
+    traces = _programs(first)[0].function.experimental_get_tracing_count()
+    shared, shared_history = train(2)
+    assert _programs(shared)[0] is _programs(first)[0]
+    # No trace of its own: the function traced for the first model.
+    assert (
+        _programs(first)[0].function.experimental_get_tracing_count() == traces
+    )
+    assert_same_training(shared, shared_history, alone, alone_history)
+    for got, want in zip(first.get_weights(), first_weights):
+        np.testing.assert_array_equal(got, want)
+
+
+_SCALE = {}
+
+
+def test_a_trace_that_captures_state_is_not_shared():
+    """TensorFlow: a layer that reads a variable outside the model (here a
+    `Lambda` reading a global) is captured by the trace; another model of
+    the same structure then traces its own function rather than reuse it."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's traced function")
+    import tensorflow as tf
+
+    from keras_rprop.training.runners import tensorflow as tf_runner
+
+    x, y, _ = noisy_data()
+
+    def train(scale):
+        _SCALE["value"] = tf.Variable(scale)
+        model = make_model(
+            layers=lambda: [keras.layers.Lambda(lambda t: t * _SCALE["value"])]
+        )
+        history = keras_rprop.fit_full_batch(model, x, y, epochs=20, verbose=0)
+        return model, history
+
+    tf_runner._PROGRAMS.clear()
+    alone, alone_history = train(3.0)
+    tf_runner._PROGRAMS.clear()
+    first, _ = train(0.5)
+    model, history = train(3.0)
+    assert_same_training(model, history, alone, alone_history)
+    assert _programs(model)[0] is not _programs(first)[0]
+    assert _programs(first)[0].owner() is first

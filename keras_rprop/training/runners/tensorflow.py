@@ -1,9 +1,25 @@
-"""The engine's epochs on TensorFlow: one `tf.function` over many epochs."""
+"""The engine's epochs on TensorFlow: one `tf.function` over many epochs.
+
+The function takes the model's variables as arguments instead of capturing
+them, so that models of the same structure (the same Keras layers and
+configuration, compiled with the same loss, metrics and optimizer
+configuration) share one traced function: training several fresh models
+(seeds, restarts) traces once.
+"""
+
+import collections
+import threading
+import weakref
 
 import numpy as np
 
+from keras_rprop import compat
 from keras_rprop.training import train_steps
 from keras_rprop.training.runners import common
+
+# Traced functions by model structure, the most recently used last.
+_PROGRAMS = collections.OrderedDict()
+_MAX_PROGRAMS = 8
 
 
 class TensorFlowRunner:
@@ -12,25 +28,118 @@ class TensorFlowRunner:
     validates = True
 
     def __init__(self, model, steps):
-        import tensorflow as tf
-
         self.model = model
         self.steps = steps
-        self.keys = common.log_keys(model)
         self.data = None
+        self.variables = _state_variables(model)
+        self.key = common.structure(model, steps)
+        self.program = _program(model, steps, self.key)
+        self.keys = self.program.keys
+
+    def run(
+        self,
+        epochs,
+        goal=None,
+        stop_on_nan=False,
+        snapshots=False,
+        validation=None,
+        validate=None,
+    ):
+        import tensorflow as tf
+
+        if not self.program.serves(self.model):
+            # A trace captured another model's state: trace our own.
+            self.program = _program(self.model, self.steps, self.key)
+        batches = common.in_loop_batches(validation)
+        count, train, val, saved = self.program(
+            self.model,
+            self.variables,
+            self.data,
+            batches,
+            tf.constant(
+                common.mask(validate, common.capacity(epochs, validate))
+            ),
+            tf.constant(epochs),
+            tf.constant(-np.inf if goal is None else goal, "float32"),
+            stop_on_nan,
+            snapshots,
+        )
+        count = int(count)
+        return common.Result(
+            common.epoch_logs(self.keys, train, val, validate, count),
+            common.snapshots_by_epoch(saved, count) if snapshots else None,
+        )
+
+
+def _program(model, steps, key):
+    """The program of `model`'s structure `key`, shared where it can be."""
+    program = _PROGRAMS.get(key) if key is not None else None
+    if program is not None and program.serves(model):
+        _PROGRAMS.move_to_end(key)
+        return program
+    program = _Program(model, steps)
+    if key is not None:
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > _MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    return program
+
+
+class _Program:
+    """The traced epochs of one model structure.
+
+    The `tf.function` takes the `tf.Variable`s of the calling model's
+    variables (model, optimizer, metrics) as arguments; while it traces,
+    the calling model's Keras variables stand for those arguments, so the
+    trace reads and writes its arguments and captures no state. TensorFlow
+    keeps one trace for any variables of the same shapes and dtypes.
+    """
+
+    def __init__(self, model, steps):
+        import tensorflow as tf
+
+        self.steps = steps
+        self.keys = common.log_keys(model)
+        # The calling model and its variables, during a call (per thread:
+        # a call that traces binds the model of its own thread).
+        self.calling = threading.local()
+        # The model whose trace captured state, if one did: the program
+        # then serves that model only.
+        self.owner = None
         # Keras compiles its own steps without AutoGraph too: the step has
         # no Python control flow on tensors to convert.
         self.function = tf.function(
-            self._epochs,
+            self._traced,
             autograph=False,
             jit_compile=bool(model.jit_compile),
             reduce_retracing=True,
         )
 
-    def _validate(self, batches):
+    def serves(self, model):
+        return self.owner is None or self.owner() is model
+
+    def __call__(self, model, variables, *args):
+        values = [compat.tf_variable(v) for v in variables]
+        traces = self.function.experimental_get_tracing_count()
+        self.calling.model = model, variables
+        try:
+            result = self.function(values, *args)
+        finally:
+            del self.calling.model
+        if self.function.experimental_get_tracing_count() != traces:
+            concrete = self.function.get_concrete_function(values, *args)
+            if concrete.captured_inputs:
+                self.owner = weakref.ref(model)
+        return result
+
+    def _traced(self, values, *args):
+        model, variables = self.calling.model
+        with compat.tf_variables_bound(variables, values):
+            return self._epochs(model, *args)
+
+    def _validate(self, model, batches):
         import tensorflow as tf
 
-        model = self.model
         for metric in model.metrics:
             metric.reset_state()
         for batch in batches:
@@ -39,11 +148,18 @@ class TensorFlowRunner:
         return [tf.cast(logs[key], "float32") for key in self.keys]
 
     def _epochs(
-        self, data, batches, validate, epochs, goal, stop_on_nan, snapshots
+        self,
+        model,
+        data,
+        batches,
+        validate,
+        epochs,
+        goal,
+        stop_on_nan,
+        snapshots,
     ):
         import tensorflow as tf
 
-        model = self.model
         weights = list(model.weights) if snapshots else []
         nan = [tf.constant(np.nan, "float32") for _ in self.keys]
 
@@ -61,7 +177,7 @@ class TensorFlowRunner:
             if batches:
                 values = tf.cond(
                     validate[epoch],
-                    lambda: self._validate(batches),
+                    lambda: self._validate(model, batches),
                     lambda: nan,
                 )
                 val = [
@@ -100,31 +216,12 @@ class TensorFlowRunner:
             [a.stack() for a in saved],
         )
 
-    def run(
-        self,
-        epochs,
-        goal=None,
-        stop_on_nan=False,
-        snapshots=False,
-        validation=None,
-        validate=None,
-    ):
-        import tensorflow as tf
 
-        batches = common.in_loop_batches(validation)
-        count, train, val, saved = self.function(
-            self.data,
-            batches,
-            tf.constant(
-                common.mask(validate, common.capacity(epochs, validate))
-            ),
-            tf.constant(epochs),
-            tf.constant(-np.inf if goal is None else goal, "float32"),
-            stop_on_nan,
-            snapshots,
-        )
-        count = int(count)
-        return common.Result(
-            common.epoch_logs(self.keys, train, val, validate, count),
-            common.snapshots_by_epoch(saved, count) if snapshots else None,
-        )
+def _state_variables(model):
+    """Every variable a step reads or writes, each once, in a fixed order."""
+    variables = (
+        list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.metrics_variables)
+    )
+    return list({id(v): v for v in variables}.values())
