@@ -37,6 +37,11 @@ for `seeds`):
   best validation epoch and restores them at the end.
 - `seeds`: five fresh models of the same structure trained in one process
   (compilation included); the loop trains five fresh `torch.nn` models.
+  Each side's first call also imports a library lazily: on JAX and
+  PyTorch `keras.utils.set_random_seed` imports TensorFlow when it is
+  installed (about 3 s), and the loop's first `torch.optim` optimizer
+  imports `torch._dynamo` (about 2 s). `--warm-imports` makes both
+  imports before the timer, as the frameworks' own imports are.
 - `chunks`: `chunk_size=100` (the exact full-batch gradient summed over 4
   chunks); the loop sums the gradients of 4 chunks, weighted by their
   sizes, before each step.
@@ -208,6 +213,22 @@ def split_data():
     return (x[:TRAIN], y[:TRAIN]), (x[TRAIN:], y[TRAIN:])
 
 
+def warm_imports(backend):
+    """Makes the imports a first seeded model makes lazily (`--warm-imports`).
+
+    `keras.utils.set_random_seed` imports TensorFlow (to seed it) when it is
+    installed; `torch.optim`'s first optimizer imports `torch._dynamo`.
+    """
+    if backend == "torch-loop":
+        import torch
+
+        torch.optim.Rprop([torch.zeros(1, requires_grad=True)])
+    else:
+        import keras
+
+        keras.utils.set_random_seed(0)
+
+
 def run_keras_scenario(scenario, epochs):
     import keras
 
@@ -322,9 +343,11 @@ def limit_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def child(backend, epochs, threads, plain_fit, scenario=None):
+def child(backend, epochs, threads, plain_fit, scenario=None, warm=False):
     if threads:
         limit_threads(threads)
+    if warm:
+        warm_imports(backend)
     if scenario is not None:
         if backend == "torch-loop":
             return torch_scenario(scenario, epochs)
@@ -387,6 +410,13 @@ def main():
         help="Time the calls users write instead of the bare one: a "
         f"comma-separated list of {', '.join(SCENARIOS)}, or 'all'.",
     )
+    parser.add_argument(
+        "--warm-imports",
+        action="store_true",
+        help="Make the imports that each side's first call makes lazily "
+        "(TensorFlow for `keras.utils.set_random_seed`, `torch._dynamo` "
+        "for `torch.optim`) before the timer.",
+    )
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -397,7 +427,12 @@ def main():
     FUSED = {"none": None, "true": True, "false": False}[args.fused]
     if args.child:
         result = child(
-            args.child, args.epochs, args.threads, args.plain_fit, args.scenario
+            args.child,
+            args.epochs,
+            args.threads,
+            args.plain_fit,
+            args.scenario,
+            args.warm_imports,
         )
         print(json.dumps(result))
         return
@@ -414,6 +449,7 @@ def main():
         command += ["--hidden", args.hidden, "--fused", args.fused]
         command += ["--plain-fit"] if plain_fit else []
         command += ["--scenario", scenario] if scenario else []
+        command += ["--warm-imports"] if args.warm_imports else []
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{backend} failed:\n{out.stderr[-3000:]}")
@@ -498,6 +534,7 @@ def report_scenarios(run, backends, scenarios, args):
         f"{args.threads or 'default'} CPU thread(s); ratio to the torch "
         f"loop of the same round, medians of {args.repeats} rounds, range "
         "in brackets"
+        + ("; lazy imports made before the timer" if args.warm_imports else "")
     )
     header = f"{'scenario':<15} {'torch loop':>10}" + "".join(
         f" {backend:>24}" for backend in backends
