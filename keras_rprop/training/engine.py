@@ -20,8 +20,8 @@ the epoch's logs. The engine drives the callbacks through a
 epoch `on_epoch_begin`, `on_train_batch_begin`, `on_train_batch_end`,
 `on_epoch_end`, and `on_train_end`. The batch calls are left out when no
 callback defines them: Keras's `CallbackList` hands each one to a thread
-on JAX and PyTorch, a round trip that cost 45 to 60 ms per 300 epochs,
-often more than the epochs themselves.
+on JAX and PyTorch, a round trip that can cost more than a small model's
+epoch.
 
 Several epochs run in one compiled call when every callback is one whose
 meaning the engine keeps when it is told of the epochs afterwards:
