@@ -9,6 +9,8 @@ History. Hyper-parameters changed between calls are checked against the
 float64 reference of the papers.
 """
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -430,16 +432,58 @@ def test_fresh_models_sharing_a_traced_function_train_as_alone():
 _SCALE = {}
 
 
-def test_a_trace_that_captures_state_is_not_shared():
-    """TensorFlow: a layer that reads a variable outside the model (here a
-    `Lambda` reading a global) is captured by the trace; another model of
-    the same structure then traces its own function rather than reuse it."""
+def test_a_layer_reading_state_outside_the_model_is_not_shared():
+    """A `Lambda` reading a variable outside the model: its computation is
+    not what its configuration says, so another model of the same
+    structure must not reuse the first one's compiled program or record.
+    """
+    x, y, _ = noisy_data()
+
+    def train(scale):
+        _SCALE["value"] = keras.Variable(scale)
+        model = make_model(
+            layers=lambda: [keras.layers.Lambda(lambda t: t * _SCALE["value"])]
+        )
+        history = keras_rprop.fit_full_batch(model, x, y, epochs=20, verbose=0)
+        return model, history
+
+    _forget_shared_programs()
+    alone, alone_history = train(0.5)
+    _forget_shared_programs()
+    train(3.0)
+    model, history = train(0.5)
+    assert_same_training(model, history, alone, alone_history)
+
+
+def _forget_shared_programs():
+    """Empties the caches of programs and records shared by structure."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        from keras_rprop.training import torch_replay
+
+        torch_replay._shared.clear()
+    else:
+        module = importlib.import_module(
+            f"keras_rprop.training.runners.{backend}"
+        )
+        module._PROGRAMS.clear()
+
+
+def test_a_trace_that_captures_state_is_not_shared(monkeypatch):
+    """TensorFlow: should a shared trace capture state (here a `Lambda`
+    reading a global, let through the structure key for the test), another
+    model of the same structure traces its own function rather than reuse
+    it."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow's traced function")
     import tensorflow as tf
 
+    from keras_rprop.training.runners import common
     from keras_rprop.training.runners import tensorflow as tf_runner
 
+    monkeypatch.setattr(
+        common, "_shared_layer", lambda layer: True, raising=True
+    )
     x, y, _ = noisy_data()
 
     def train(scale):

@@ -88,10 +88,7 @@ def structure(model, steps):
     that two fresh models of one structure compare equal.
     """
     layers = list(_layers(model))
-    if not all(
-        type(layer).__module__.startswith("keras.")
-        for layer in [model, *layers]
-    ):
+    if not all(_shared_layer(layer) for layer in [model, *layers]):
         return None
     try:
         architecture = _nameless(json.loads(model.to_json()))
@@ -113,6 +110,18 @@ def structure(model, steps):
         steps,
         model.jit_compile,
         keras.backend.floatx(),
+    )
+
+
+def _shared_layer(layer):
+    """Whether `layer` computes what its configuration says.
+
+    Keras's own layers do, but for `Lambda`: its function may read state
+    outside the model, which a compiled program or record holds as it was
+    for the model that made it.
+    """
+    return type(layer).__module__.startswith("keras.") and not isinstance(
+        layer, keras.layers.Lambda
     )
 
 
