@@ -251,29 +251,32 @@ def _reads_weights(callback):
 
 def _has_batch_hooks(callback):
     """Whether a callback defines a training batch's begin or end."""
-    return any(
-        getattr(type(callback), name)
-        is not getattr(keras.callbacks.Callback, name)
-        for name in (
-            "on_batch_begin",
-            "on_batch_end",
-            "on_train_batch_begin",
-            "on_train_batch_end",
-        )
+    return _overrides(
+        callback,
+        "on_batch_begin",
+        "on_batch_end",
+        "on_train_batch_begin",
+        "on_train_batch_end",
     )
 
 
 def _reads_evaluation(callback):
     """Whether a callback wants to be called while validation runs."""
+    return _overrides(
+        callback,
+        "on_test_begin",
+        "on_test_end",
+        "on_test_batch_begin",
+        "on_test_batch_end",
+    )
+
+
+def _overrides(callback, *methods):
+    """Whether `callback`'s class defines any of `methods` itself."""
     return any(
         getattr(type(callback), name)
         is not getattr(keras.callbacks.Callback, name)
-        for name in (
-            "on_test_begin",
-            "on_test_end",
-            "on_test_batch_begin",
-            "on_test_batch_end",
-        )
+        for name in methods
     )
 
 

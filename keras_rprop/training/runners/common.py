@@ -1,5 +1,6 @@
 """What the runners of the engine share: their result and its logs."""
 
+import collections
 import json
 
 import keras
@@ -97,12 +98,9 @@ def structure(model, steps):
         )
     except Exception:  # Not serializable: not shared.
         return None
-    variables = (
-        list(model.variables)
-        + list(model.optimizer.variables)
-        + list(model.metrics_variables)
+    shapes = tuple(
+        (tuple(v.shape), str(v.dtype)) for v in state_variables(model)
     )
-    shapes = tuple((tuple(v.shape), str(v.dtype)) for v in variables)
     return (
         json.dumps(architecture, sort_keys=True),
         compiled,
@@ -111,6 +109,52 @@ def structure(model, steps):
         model.jit_compile,
         keras.backend.floatx(),
     )
+
+
+def state_variables(model):
+    """Every variable a step reads or writes, each once, in a fixed order."""
+    variables = (
+        list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.metrics_variables)
+    )
+    return list({id(v): v for v in variables}.values())
+
+
+class Programs:
+    """Compiled programs by model structure (`structure`), shared by models.
+
+    Holds the most recently used `size` programs.
+    """
+
+    def __init__(self, size=8):
+        self.size = size
+        self._programs = collections.OrderedDict()
+
+    def get(self, model, steps, make, serves=None):
+        """The program for `model`, made by `make()` if none serves it.
+
+        Args:
+            model: The compiled model.
+            steps: Optimizer steps per epoch.
+            make: Makes a new program, of no arguments.
+            serves: `serves(program)` tells whether a program of the same
+                structure may serve `model`; any may if `None`.
+        """
+        key = structure(model, steps)
+        program = self._programs.get(key) if key is not None else None
+        if program is not None and (serves is None or serves(program)):
+            self._programs.move_to_end(key)
+            return program
+        program = make()
+        if key is not None:
+            self._programs[key] = program
+            while len(self._programs) > self.size:
+                self._programs.popitem(last=False)
+        return program
+
+    def clear(self):
+        self._programs.clear()
 
 
 def _shared_layer(layer):

@@ -7,16 +7,12 @@ optimizer configuration) therefore share one compiled function, so that
 training several fresh models (seeds, restarts) compiles once.
 """
 
-import collections
-
 import numpy as np
 
 from keras_rprop.training import train_steps
 from keras_rprop.training.runners import common
 
-# Compiled functions by model structure, the most recently used last.
-_PROGRAMS = collections.OrderedDict()
-_MAX_PROGRAMS = 8
+_PROGRAMS = common.Programs()
 
 
 class JaxRunner:
@@ -27,16 +23,7 @@ class JaxRunner:
     def __init__(self, model, steps):
         self.model = model
         self.data = None
-        key = common.structure(model, steps)
-        program = _PROGRAMS.get(key) if key is not None else None
-        if program is None:
-            program = _Program(model, steps)
-            if key is not None:
-                _PROGRAMS[key] = program
-                while len(_PROGRAMS) > _MAX_PROGRAMS:
-                    _PROGRAMS.popitem(last=False)
-        else:
-            _PROGRAMS.move_to_end(key)
+        program = _PROGRAMS.get(model, steps, lambda: _Program(model, steps))
         self.program = program
         self.keys = program.keys
 

@@ -7,7 +7,6 @@ configuration) share one traced function: training several fresh models
 (seeds, restarts) traces once.
 """
 
-import collections
 import threading
 import weakref
 
@@ -17,9 +16,7 @@ from keras_rprop import compat
 from keras_rprop.training import train_steps
 from keras_rprop.training.runners import common
 
-# Traced functions by model structure, the most recently used last.
-_PROGRAMS = collections.OrderedDict()
-_MAX_PROGRAMS = 8
+_PROGRAMS = common.Programs()
 
 
 class TensorFlowRunner:
@@ -31,10 +28,17 @@ class TensorFlowRunner:
         self.model = model
         self.steps = steps
         self.data = None
-        self.variables = _state_variables(model)
-        self.key = common.structure(model, steps)
-        self.program = _program(model, steps, self.key)
+        self.variables = common.state_variables(model)
+        self.program = self._program()
         self.keys = self.program.keys
+
+    def _program(self):
+        return _PROGRAMS.get(
+            self.model,
+            self.steps,
+            lambda: _Program(self.model, self.steps),
+            serves=lambda program: program.serves(self.model),
+        )
 
     def run(
         self,
@@ -49,7 +53,7 @@ class TensorFlowRunner:
 
         if not self.program.serves(self.model):
             # A trace captured another model's state: trace our own.
-            self.program = _program(self.model, self.steps, self.key)
+            self.program = self._program()
         batches = common.in_loop_batches(validation)
         count, train, val, saved = self.program(
             self.model,
@@ -69,20 +73,6 @@ class TensorFlowRunner:
             common.epoch_logs(self.keys, train, val, validate, count),
             common.snapshots_by_epoch(saved, count) if snapshots else None,
         )
-
-
-def _program(model, steps, key):
-    """The program of `model`'s structure `key`, shared where it can be."""
-    program = _PROGRAMS.get(key) if key is not None else None
-    if program is not None and program.serves(model):
-        _PROGRAMS.move_to_end(key)
-        return program
-    program = _Program(model, steps)
-    if key is not None:
-        _PROGRAMS[key] = program
-        while len(_PROGRAMS) > _MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    return program
 
 
 class _Program:
@@ -215,13 +205,3 @@ class _Program:
             [a.stack() for a in val],
             [a.stack() for a in saved],
         )
-
-
-def _state_variables(model):
-    """Every variable a step reads or writes, each once, in a fixed order."""
-    variables = (
-        list(model.variables)
-        + list(model.optimizer.variables)
-        + list(model.metrics_variables)
-    )
-    return list({id(v): v for v in variables}.values())
