@@ -432,26 +432,27 @@ def test_fresh_models_sharing_a_traced_function_train_as_alone():
 _SCALE = {}
 
 
+def _train_scaled(scale):
+    """A model whose `Lambda` reads a variable outside it, trained."""
+    x, y, _ = noisy_data()
+    _SCALE["value"] = keras.Variable(scale)
+    model = make_model(
+        layers=lambda: [keras.layers.Lambda(lambda t: t * _SCALE["value"])]
+    )
+    history = keras_rprop.fit_full_batch(model, x, y, epochs=20, verbose=0)
+    return model, history
+
+
 def test_a_layer_reading_state_outside_the_model_is_not_shared():
     """A `Lambda` reading a variable outside the model: its computation is
     not what its configuration says, so another model of the same
     structure must not reuse the first one's compiled program or record.
     """
-    x, y, _ = noisy_data()
-
-    def train(scale):
-        _SCALE["value"] = keras.Variable(scale)
-        model = make_model(
-            layers=lambda: [keras.layers.Lambda(lambda t: t * _SCALE["value"])]
-        )
-        history = keras_rprop.fit_full_batch(model, x, y, epochs=20, verbose=0)
-        return model, history
-
     _forget_shared_programs()
-    alone, alone_history = train(0.5)
+    alone, alone_history = _train_scaled(0.5)
     _forget_shared_programs()
-    train(3.0)
-    model, history = train(0.5)
+    _train_scaled(3.0)
+    model, history = _train_scaled(0.5)
     assert_same_training(model, history, alone, alone_history)
 
 
@@ -476,29 +477,17 @@ def test_a_trace_that_captures_state_is_not_shared(monkeypatch):
     it."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow's traced function")
-    import tensorflow as tf
-
     from keras_rprop.training.runners import common
     from keras_rprop.training.runners import tensorflow as tf_runner
 
     monkeypatch.setattr(
         common, "_shared_layer", lambda layer: True, raising=True
     )
-    x, y, _ = noisy_data()
-
-    def train(scale):
-        _SCALE["value"] = tf.Variable(scale)
-        model = make_model(
-            layers=lambda: [keras.layers.Lambda(lambda t: t * _SCALE["value"])]
-        )
-        history = keras_rprop.fit_full_batch(model, x, y, epochs=20, verbose=0)
-        return model, history
-
     tf_runner._PROGRAMS.clear()
-    alone, alone_history = train(3.0)
+    alone, alone_history = _train_scaled(3.0)
     tf_runner._PROGRAMS.clear()
-    first, _ = train(0.5)
-    model, history = train(3.0)
+    first, _ = _train_scaled(0.5)
+    model, history = _train_scaled(3.0)
     assert_same_training(model, history, alone, alone_history)
     assert _programs(model)[0] is not _programs(first)[0]
     assert _programs(first)[0].owner() is first
